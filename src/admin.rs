@@ -1,0 +1,101 @@
+//! `/healthz` (the process answers), `/readyz` (listening and the spool accepts writes; a latch set
+//! once the listeners are bound and cleared on shutdown) and `/metrics` (Prometheus text).
+//!
+//! Served on the ingest listener by default, or on `--admin-listen` to keep them off the port the
+//! app talks to.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::Request;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::ingest::response;
+use crate::ingest::server::Handler;
+use crate::spool::Spool;
+
+/// State behind the admin endpoints.
+pub struct Admin {
+    ready: AtomicBool,
+    spool: Arc<dyn Spool>,
+    metrics: PrometheusHandle,
+}
+
+impl Admin {
+    /// Admin endpoints over `spool`, not ready until [`Admin::set_ready`].
+    pub fn new(spool: Arc<dyn Spool>, metrics: PrometheusHandle) -> Admin {
+        Admin {
+            ready: AtomicBool::new(false),
+            spool,
+            metrics,
+        }
+    }
+
+    /// Flips the readiness latch.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Answers `path` if it is an admin path.
+    pub fn route(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+        let resp = match path {
+            "/healthz" | "/readyz" | "/metrics"
+                if method != Method::GET && method != Method::HEAD =>
+            {
+                response::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            "/healthz" => {
+                response::json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
+            }
+            "/readyz" => self.readiness(),
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            _ => return None,
+        };
+        Some(resp)
+    }
+
+    fn readiness(&self) -> Response<Full<Bytes>> {
+        let body = |status: &str, detail: Option<&str>| {
+            serde_json::json!({
+                "status": status,
+                "detail": detail,
+                "spool_envelopes": self.spool.len(),
+                "spool_bytes": self.spool.bytes(),
+            })
+            .to_string()
+        };
+        if !self.ready.load(Ordering::Acquire) {
+            return response::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                body("not ready", Some("starting or shutting down")),
+            );
+        }
+        match self.spool.writable() {
+            Ok(()) => response::json(StatusCode::OK, body("ready", None)),
+            Err(e) => response::json(StatusCode::SERVICE_UNAVAILABLE, body("not ready", Some(&e))),
+        }
+    }
+}
+
+impl Handler for Admin {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        self.route(req.method(), req.uri().path())
+            .unwrap_or_else(|| response::error(StatusCode::NOT_FOUND, "not found"))
+    }
+}

@@ -1,0 +1,492 @@
+//! The ingest listener: every route an SDK may call, validated and appended to the spool before the
+//! answer.
+//!
+//! A request goes: route (path and method) -> auth (header, query, envelope `dsn`) -> body (wire
+//! limit, content decoding with a decoded limit) -> endpoint rules (envelope grammar, store body
+//! sniffing) -> target (per-project/per-key route, default upstream, or capture) -> spool append ->
+//! `200 {"id": ...}`. Any refusal is a short JSON error with the right status, counted by reason.
+
+pub mod body;
+pub mod response;
+pub mod route;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::Request;
+use metrics::counter;
+
+use crate::admin::Admin;
+use crate::config::{Config, UpstreamUrl};
+use crate::protocol::{
+    store, Auth, AuthError, Categories, DataCategory, Dsn, Envelope, EnvelopeError,
+};
+use crate::spool::{now_ms, Endpoint, Record, Spool, SpoolError, Target};
+use crate::telemetry as t;
+use body::BodyError;
+use server::Handler;
+
+/// Legacy store events over this size are refused, as Sentry does.
+const MAX_STORE_EVENT: usize = 1024 * 1024;
+
+/// Headers forwarded upstream as the SDK sent them. Everything else (Host, Content-Length,
+/// Content-Encoding, hop-by-hop headers) is the sidecar's own business.
+const KEEP_HEADERS: &[&str] = &[
+    "x-sentry-auth",
+    "authorization",
+    "content-type",
+    "user-agent",
+    "origin",
+    "referer",
+    "x-forwarded-for",
+];
+
+/// A refused request: status, a reason label for metrics, and the detail for the SDK.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Refusal {
+        let (status, reason) = match &e {
+            BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyError::Read(_) => (StatusCode::BAD_REQUEST, "body_read"),
+            BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding"),
+            BodyError::Corrupt(..) => (StatusCode::BAD_REQUEST, "corrupt_body"),
+        };
+        Refusal::new(status, reason, e.to_string())
+    }
+}
+
+impl From<EnvelopeError> for Refusal {
+    fn from(e: EnvelopeError) -> Refusal {
+        if e.is_too_large() {
+            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        } else {
+            Refusal::new(StatusCode::BAD_REQUEST, "invalid_envelope", e.to_string())
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Refusal {
+        match e {
+            AuthError::UnsupportedVersion(_) => {
+                Refusal::new(StatusCode::BAD_REQUEST, "auth", e.to_string())
+            }
+            _ => Refusal::new(StatusCode::UNAUTHORIZED, "auth", e.to_string()),
+        }
+    }
+}
+
+impl From<SpoolError> for Refusal {
+    fn from(e: SpoolError) -> Refusal {
+        tracing::error!(error = %e, "spool append failed; answering 503");
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool",
+            format!("cannot queue the event now: {e}"),
+        )
+    }
+}
+
+/// The ingest handler's state.
+pub struct Ingest {
+    cfg: Arc<Config>,
+    spool: Arc<dyn Spool>,
+    admin: Option<Arc<Admin>>,
+}
+
+impl Ingest {
+    /// An ingest handler; `admin` is set when the admin endpoints share this listener.
+    pub fn new(cfg: Arc<Config>, spool: Arc<dyn Spool>, admin: Option<Arc<Admin>>) -> Ingest {
+        Ingest { cfg, spool, admin }
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Endpoint, Result<Response<Full<Bytes>>, Refusal>) {
+        let path = req.uri().path();
+        if path == self.cfg.tunnel_path {
+            return (Endpoint::Tunnel, self.tunnel(req, peer).await);
+        }
+        let api = match route::parse(path) {
+            Ok(api) => api,
+            Err(route::PathError::NotFound) => {
+                return (
+                    Endpoint::Other,
+                    Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "not found",
+                    )),
+                )
+            }
+            Err(route::PathError::InvalidProject) => {
+                return (
+                    Endpoint::Other,
+                    Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_project",
+                        "invalid project id in path",
+                    )),
+                )
+            }
+        };
+        let endpoint = api.endpoint;
+        let project_id = api.project_id;
+        let path_key = api.path_key.map(str::to_owned);
+        (
+            endpoint,
+            self.ingest(req, endpoint, project_id, path_key).await,
+        )
+    }
+
+    async fn ingest(
+        &self,
+        req: Request<Incoming>,
+        endpoint: Endpoint,
+        project_id: Option<u64>,
+        path_key: Option<String>,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
+        if req.method() == Method::OPTIONS {
+            return Ok(response::preflight());
+        }
+        let allowed = match endpoint {
+            Endpoint::Cron | Endpoint::Other => {
+                req.method() == Method::POST || req.method() == Method::GET
+            }
+            _ => req.method() == Method::POST,
+        };
+        if !allowed {
+            return Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "method not allowed",
+            ));
+        }
+        let (parts, incoming) = req.into_parts();
+        let header_auth = header_auth(&parts.headers)?;
+        let query = parts.uri.query().unwrap_or("");
+        let query_auth = Auth::from_query(query)?;
+        let auth = match (header_auth, query_auth) {
+            (Some(_), Some(_)) => return Err(AuthError::Multiple.into()),
+            (a, b) => a.or(b),
+        };
+        let body = self.read_body(&parts.headers, incoming).await?;
+
+        let mut headers = kept_headers(&parts.headers);
+        let mut event_id = None;
+        let mut item_types = Vec::new();
+        let mut categories = Categories::EMPTY;
+        let mut envelope_key = None;
+        let body = match endpoint {
+            Endpoint::Envelope => {
+                let env = Envelope::parse(body)?;
+                if auth.is_none() {
+                    let dsn = env.dsn.as_deref().ok_or(AuthError::Missing)?;
+                    envelope_key = Some(Dsn::parse(dsn)?.public_key);
+                }
+                event_id = env.event_id.clone();
+                categories = env.categories();
+                item_types = env.items.iter().map(|i| i.ty.name().to_owned()).collect();
+                env.bytes
+            }
+            Endpoint::Store => {
+                let ev = store::decode(body, MAX_STORE_EVENT).map_err(|e| match e {
+                    store::StoreError::TooLarge(_) => {
+                        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+                    }
+                    _ => Refusal::new(StatusCode::BAD_REQUEST, "invalid_store", e.to_string()),
+                })?;
+                event_id = ev.event_id;
+                categories.insert(if ev.is_transaction {
+                    DataCategory::Transaction
+                } else {
+                    DataCategory::Error
+                });
+                item_types.push(
+                    if ev.is_transaction {
+                        "transaction"
+                    } else {
+                        "event"
+                    }
+                    .to_owned(),
+                );
+                // The body may have been base64 or octet-stream; it is JSON now.
+                headers.retain(|(k, _)| k != CONTENT_TYPE);
+                headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+                ev.json
+            }
+            other => {
+                let (cat, ty) = match other {
+                    Endpoint::Minidump => (Some(DataCategory::Error), "minidump"),
+                    Endpoint::Unreal => (Some(DataCategory::Error), "unreal_report"),
+                    Endpoint::Security | Endpoint::Nel => {
+                        (Some(DataCategory::Security), "security")
+                    }
+                    Endpoint::Attachments => (Some(DataCategory::Attachment), "attachment"),
+                    Endpoint::Cron => (Some(DataCategory::Monitor), "check_in"),
+                    Endpoint::Otlp => (Some(DataCategory::Span), "otel_traces"),
+                    _ => (None, "raw"),
+                };
+                if let Some(c) = cat {
+                    categories.insert(c);
+                }
+                item_types.push(ty.to_owned());
+                body
+            }
+        };
+        let public_key = match (auth, envelope_key, path_key) {
+            (Some(a), _, _) => a.public_key,
+            (None, Some(k), _) | (None, None, Some(k)) => k,
+            (None, None, None) => return Err(AuthError::Missing.into()),
+        };
+        let project_id = project_id.unwrap_or(0);
+        let target = self.target(project_id, &public_key);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let record = Record {
+            target,
+            endpoint,
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+            project_id,
+            public_key,
+            event_id,
+            categories,
+            item_types,
+            received_ms: now_ms(),
+        };
+        self.append(record).await
+    }
+
+    async fn append(&self, record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
+        let endpoint = record.endpoint;
+        let bytes = record.body.len() as u64;
+        let event_id = record.event_id.clone();
+        self.spool.append(vec![record]).await?;
+        counter!(t::ACCEPTED, "endpoint" => endpoint.name()).increment(1);
+        counter!(t::ACCEPTED_BYTES, "endpoint" => endpoint.name()).increment(bytes);
+        Ok(response::accepted(event_id.as_deref()))
+    }
+
+    async fn read_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Bytes, Refusal> {
+        let content_length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes).await?;
+        let encoding = match headers.get(CONTENT_ENCODING) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| {
+                        Refusal::new(
+                            StatusCode::BAD_REQUEST,
+                            "encoding",
+                            "invalid Content-Encoding header",
+                        )
+                    })?
+                    .to_owned(),
+            ),
+        };
+        Ok(body::decode(encoding, raw, self.cfg.max_decoded_bytes).await?)
+    }
+
+    fn target(&self, project_id: u64, key: &str) -> Target {
+        for r in &self.cfg.routes {
+            if r.project.is_none_or(|p| p == project_id)
+                && r.key.as_deref().is_none_or(|k| k == key)
+            {
+                return Target::Upstream(r.upstream.clone());
+            }
+        }
+        match &self.cfg.upstream {
+            Some(u) => Target::Upstream(u.clone()),
+            None => Target::Capture,
+        }
+    }
+
+    /// The browser tunnel: forwards an envelope to the DSN in its header, only if that DSN's host
+    /// and project are on the allow-list (never an open proxy).
+    async fn tunnel(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
+        if self.cfg.tunnel_allow.is_empty() {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "tunnel_off",
+                "the tunnel is not enabled",
+            ));
+        }
+        if req.method() == Method::OPTIONS {
+            return Ok(response::preflight());
+        }
+        if req.method() != Method::POST {
+            return Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "method not allowed",
+            ));
+        }
+        let (parts, incoming) = req.into_parts();
+        let body = self.read_body(&parts.headers, incoming).await?;
+        let env = Envelope::parse(body)?;
+        let dsn_str = env.dsn.as_deref().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "tunnel_no_dsn",
+                "the envelope header has no dsn",
+            )
+        })?;
+        let dsn = Dsn::parse(dsn_str)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", e.to_string()))?;
+        if !dsn
+            .public_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "tunnel_bad_dsn",
+                "invalid public key in dsn",
+            ));
+        }
+        let allowed = self
+            .cfg
+            .tunnel_allow
+            .iter()
+            .find(|a| {
+                a.authority.eq_ignore_ascii_case(&dsn.authority)
+                    && a.project_id == dsn.project_id
+                    && a.prefix == dsn.prefix
+            })
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "tunnel_forbidden",
+                    "dsn is not allowed by this tunnel",
+                )
+            })?;
+        // The allow-list entry, not the client, decides scheme and host.
+        let base = UpstreamUrl::parse(&allowed.base_url())
+            .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, "tunnel_forbidden", e))?;
+        let mut headers: Vec<(HeaderName, HeaderValue)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "user-agent" | "origin" | "referer"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.push((
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-sentry-envelope"),
+        ));
+        let client_ip = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| peer.ip().to_string());
+        if let Ok(v) = HeaderValue::from_str(&client_ip) {
+            headers.push((HeaderName::from_static("x-sentry-forwarded-for"), v));
+        }
+        let record = Record {
+            target: Target::Upstream(base),
+            endpoint: Endpoint::Tunnel,
+            method: Method::POST,
+            path_and_query: dsn.envelope_path_with_query_auth(),
+            headers,
+            project_id: dsn.project_id,
+            public_key: dsn.public_key,
+            event_id: env.event_id.clone(),
+            categories: env.categories(),
+            item_types: env.items.iter().map(|i| i.ty.name().to_owned()).collect(),
+            body: env.bytes,
+            received_ms: now_ms(),
+        };
+        self.append(record).await
+    }
+}
+
+fn header_auth(headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
+    let mut found = None;
+    for name in ["x-sentry-auth", "authorization"] {
+        if let Some(v) = headers.get(name) {
+            let s = v.to_str().map_err(|_| AuthError::Invalid("not ASCII"))?;
+            if name == "authorization"
+                && !s.trim_start().to_ascii_lowercase().starts_with("sentry ")
+            {
+                continue;
+            }
+            if found.is_some() {
+                return Err(AuthError::Multiple.into());
+            }
+            found = Some(Auth::from_header(s)?);
+        }
+    }
+    Ok(found)
+}
+
+fn kept_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    h.iter()
+        .filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Handler for Ingest {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        if let Some(admin) = &self.admin {
+            if let Some(r) = admin.route(req.method(), req.uri().path()) {
+                return r;
+            }
+        }
+        let (endpoint, result) = self.route(req, peer).await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(refusal) => {
+                counter!(t::REJECTED, "endpoint" => endpoint.name(), "reason" => refusal.reason)
+                    .increment(1);
+                tracing::debug!(endpoint = endpoint.name(), status = refusal.status.as_u16(), detail = %refusal.detail, "refused");
+                response::error(refusal.status, &refusal.detail)
+            }
+        };
+        response::add_cors(&mut resp);
+        counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status())).increment(1);
+        resp
+    }
+}

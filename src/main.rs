@@ -1,0 +1,54 @@
+//! The `sentry-sidecar` binary: parse the configuration, set up logs and metrics, run until SIGTERM
+//! or SIGINT, then shut down gracefully.
+
+use anyhow::Context;
+use sentry_sidecar::config::{Config, LogFormat};
+use sentry_sidecar::Sidecar;
+
+fn main() {
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sentry-sidecar: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(cfg) {
+        eprintln!("sentry-sidecar: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("invalid value for `log_level`: {}", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sidecar")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let running = Sidecar::start(cfg).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The queue between ingest and dispatch.
+//!
+//! Ingest appends a [`Record`] and answers the SDK only after the append returned; dispatch reads due
+//! records in batches, and each one leaves the spool only through [`Spool::ack`] (delivered or dropped
+//! for good) or goes back to waiting through [`Spool::reschedule`]. Records handed out by
+//! [`Spool::read_batch`] are leased: they are not handed out again until rescheduled, and a lease
+//! does not survive a restart, so a crash mid-send means a retry, never a loss.
+//!
+//! The trait is object-safe (boxed futures) so the durable SQLite store and the in-memory one used
+//! by tests are interchangeable behind `Arc<dyn Spool>`.
+
+mod memory;
+mod record;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use memory::MemorySpool;
+pub use record::{Endpoint, Queued, Record, Target};
+
+/// A boxed future, for the object-safe trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool is at its size bound and the policy refuses new data.
+    #[error("spool is full")]
+    Full,
+    /// The disk said no (ENOSPC, EIO, ...).
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The spool is shutting down.
+    #[error("spool is closed")]
+    Closed,
+}
+
+/// The queue interface between ingest and dispatch.
+pub trait Spool: Send + Sync + 'static {
+    /// Appends records; returns once they are as durable as the spool promises.
+    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>>;
+
+    /// Leases up to `max_count` records (and about `max_bytes`) that are due at `now_ms`, oldest first.
+    fn read_batch(
+        &self,
+        max_count: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<Queued>, SpoolError>>;
+
+    /// Removes leased records for good (delivered, or dropped and counted).
+    fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>>;
+
+    /// Returns leased records to the queue, each due again at its time (unix ms), one more attempt counted.
+    fn reschedule(&self, items: Vec<(u64, u64)>) -> BoxFuture<'_, Result<(), SpoolError>>;
+
+    /// Records waiting or leased.
+    fn len(&self) -> u64;
+
+    /// Whether nothing is waiting or leased.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Body bytes waiting or leased.
+    fn bytes(&self) -> u64;
+
+    /// The earliest due time (unix ms) of a record that is waiting but not due yet at `now_ms`.
+    fn next_due(&self, now_ms: u64) -> Option<u64>;
+
+    /// Woken whenever records are appended or rescheduled.
+    fn notify(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Whether appends can succeed right now (for /readyz).
+    fn writable(&self) -> Result<(), String>;
+}
+
+/// Milliseconds since the Unix epoch, the spool's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

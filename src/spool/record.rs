@@ -1,0 +1,120 @@
+//! What ingest stores for each accepted request: enough to rebuild the upstream request later, in
+//! another process if need be, without re-parsing the body.
+
+use bytes::Bytes;
+
+use crate::config::UpstreamUrl;
+use crate::protocol::Categories;
+
+/// The ingest endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/api/{id}/envelope/`
+    Envelope,
+    /// `/api/{id}/store/` and `/api/store/`
+    Store,
+    /// `/api/{id}/minidump/`
+    Minidump,
+    /// `/api/{id}/security/` and `/api/{id}/csp-report/`
+    Security,
+    /// `/api/{id}/nel/`
+    Nel,
+    /// `/api/{id}/events/{event_id}/attachments/`
+    Attachments,
+    /// `/api/{id}/unreal/{key}/`
+    Unreal,
+    /// `/api/{id}/cron/{slug}[/{key}]/`
+    Cron,
+    /// `/api/{id}/otlp/v1/traces/`
+    Otlp,
+    /// The browser tunnel.
+    Tunnel,
+    /// Any other `/api/{id}/...` path, passed through.
+    Other,
+}
+
+impl Endpoint {
+    /// The label used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Envelope => "envelope",
+            Endpoint::Store => "store",
+            Endpoint::Minidump => "minidump",
+            Endpoint::Security => "security",
+            Endpoint::Nel => "nel",
+            Endpoint::Attachments => "attachments",
+            Endpoint::Unreal => "unreal",
+            Endpoint::Cron => "cron",
+            Endpoint::Otlp => "otlp",
+            Endpoint::Tunnel => "tunnel",
+            Endpoint::Other => "other",
+        }
+    }
+
+    /// The inverse of [`Endpoint::name`].
+    pub fn from_name(s: &str) -> Option<Endpoint> {
+        const ALL: [Endpoint; 11] = [
+            Endpoint::Envelope,
+            Endpoint::Store,
+            Endpoint::Minidump,
+            Endpoint::Security,
+            Endpoint::Nel,
+            Endpoint::Attachments,
+            Endpoint::Unreal,
+            Endpoint::Cron,
+            Endpoint::Otlp,
+            Endpoint::Tunnel,
+            Endpoint::Other,
+        ];
+        ALL.into_iter().find(|e| e.name() == s)
+    }
+}
+
+/// Where a record goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// An upstream Sentry (or Relay) base URL.
+    Upstream(UpstreamUrl),
+    /// The local capture sink (no upstream configured).
+    Capture,
+}
+
+/// One accepted request, as stored in the spool.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Where it goes.
+    pub target: Target,
+    /// The endpoint it came in on.
+    pub endpoint: Endpoint,
+    /// HTTP method to use upstream (POST, or GET for cron check-ins).
+    pub method: http::Method,
+    /// Path and query to request on the target (starts with `/`).
+    pub path_and_query: String,
+    /// Headers to send upstream as they came in (auth, content type, user agent, ...).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The body after content decoding.
+    pub body: Bytes,
+    /// Project id, for routing, rate limits and logs.
+    pub project_id: u64,
+    /// Public key, for routing and rate limits.
+    pub public_key: String,
+    /// Event id, if the request has one.
+    pub event_id: Option<String>,
+    /// Data categories of the content.
+    pub categories: Categories,
+    /// Item types, for the capture log.
+    pub item_types: Vec<String>,
+    /// When the sidecar accepted it (unix ms).
+    pub received_ms: u64,
+}
+
+/// A leased record, as handed to dispatch.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The spool's id for it.
+    pub id: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The record.
+    pub record: std::sync::Arc<Record>,
+}

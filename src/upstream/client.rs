@@ -1,0 +1,183 @@
+//! Building the pooled rustls client and sending one spooled record.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::classify::{classify, Outcome};
+use super::compress::compress;
+use crate::config::{Compression, Config, UpstreamUrl};
+use crate::spool::Record;
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// `--ca-file` could not be read or holds no certificate.
+    #[error("cannot load CA file {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration error: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One attempt's result: the outcome plus what the answer revealed about the connection.
+#[derive(Debug)]
+pub struct Attempt {
+    /// What to do with the record.
+    pub outcome: Outcome,
+    /// The HTTP version of the answer (None if there was no answer).
+    pub version: Option<http::Version>,
+    /// Compressed bytes sent.
+    pub sent_bytes: usize,
+}
+
+/// The shared upstream client.
+pub struct UpstreamClient {
+    client: HttpsClient,
+    compression: Compression,
+    gzip_level: u32,
+    request_timeout: Duration,
+}
+
+impl UpstreamClient {
+    /// Builds the client: one rustls config (ring provider, webpki roots plus `--ca-file`), ALPN
+    /// h2 and http/1.1, pooled connections with an idle timeout below Sentry's.
+    pub fn new(cfg: &Config) -> Result<UpstreamClient, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &cfg.ca_file {
+            let err = |message: String| UpstreamError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no certificate in the file".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.h1_connections.max(1))
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .http2_keep_alive_while_idle(false)
+            .build(https);
+        Ok(UpstreamClient {
+            client,
+            compression: cfg.compression,
+            gzip_level: cfg.gzip_level,
+            request_timeout: cfg.request_timeout,
+        })
+    }
+
+    /// Sends one record to `base` and classifies the answer. Never panics on network input.
+    pub async fn send(&self, base: &UpstreamUrl, record: &Record, body: &Bytes) -> Attempt {
+        let (payload, encoding) = compress(body, self.compression, self.gzip_level);
+        let sent_bytes = payload.len();
+        let uri = format!("{}{}", base.as_str(), record.path_and_query);
+        let mut builder = http::Request::builder()
+            .method(record.method.clone())
+            .uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            for (k, v) in &record.headers {
+                h.append(k.clone(), v.clone());
+            }
+            if let Some(enc) = encoding {
+                h.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
+            }
+            h.insert(CONTENT_LENGTH, http::HeaderValue::from(sent_bytes));
+        }
+        let req = match builder.body(Full::new(payload)) {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt {
+                    outcome: Outcome::Rejected {
+                        status: 0,
+                        detail: Some(format!("cannot build request: {e}")),
+                        limits: vec![],
+                    },
+                    version: None,
+                    sent_bytes: 0,
+                }
+            }
+        };
+        let fut = async {
+            let resp = self.client.request(req).await?;
+            let (parts, body) = resp.into_parts();
+            // Drain the (small) answer so the connection goes back to the pool.
+            let _ = body.collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(parts)
+        };
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(parts)) => Attempt {
+                outcome: classify(parts.status, &parts.headers, SystemTime::now()),
+                version: Some(parts.version),
+                sent_bytes,
+            },
+            Ok(Err(e)) => Attempt {
+                outcome: Outcome::Transient {
+                    reason: error_chain(&e),
+                },
+                version: None,
+                sent_bytes,
+            },
+            Err(_) => Attempt {
+                outcome: Outcome::Transient {
+                    reason: "request timed out".into(),
+                },
+                version: None,
+                sent_bytes,
+            },
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
