@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
 use super::compress::compress;
+use super::limit::LimitedConnector;
 use crate::config::{Compression, Config, UpstreamUrl};
 use crate::spool::Record;
 
@@ -33,7 +34,8 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient =
+    Client<LimitedConnector<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// One attempt's result: the outcome plus what the answer revealed about the connection.
 #[derive(Debug)]
@@ -93,6 +95,7 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = LimitedConnector::new(https, cfg.h1_connections.max(1));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -100,7 +103,7 @@ impl UpstreamClient {
             .pool_max_idle_per_host(cfg.h1_connections.max(1))
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .http2_keep_alive_while_idle(false)
-            .build(https);
+            .build(connector);
         Ok(UpstreamClient {
             client,
             compression: cfg.compression,

@@ -8,6 +8,7 @@
 mod classify;
 mod client;
 mod compress;
+mod limit;
 
 pub use classify::{classify, Outcome};
 pub use client::{UpstreamClient, UpstreamError};
