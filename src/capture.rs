@@ -77,10 +77,10 @@ impl Capture {
         }
         tracing::info!(
             project = rec.project_id,
-            event_id = rec.event_id.as_deref().unwrap_or("-"),
+            event_id = %rec.event_id.as_deref().unwrap_or("-"),
             items = %rec.item_types.join(","),
             bytes = rec.body.len(),
-            endpoint = rec.endpoint.name(),
+            endpoint = %rec.endpoint.name(),
             "captured"
         );
         Ok(())

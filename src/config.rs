@@ -33,6 +33,9 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
+    /// A bad flag or environment variable (clap's one-line message).
+    #[error("{0}")]
+    Cli(String),
     /// A key the sidecar does not know.
     #[error("unknown configuration key `{0}`")]
     UnknownKey(String),
@@ -177,7 +180,26 @@ impl Config {
 
     /// Reads flags and environment from the process, then the config file, and validates.
     pub fn load() -> Result<Config, ConfigError> {
-        let cli = Cli::parse();
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                e.exit()
+            }
+            Err(e) => {
+                // clap's message runs over several lines (usage, hints); keep the one that says
+                // what is wrong.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                return Err(ConfigError::Cli(
+                    first.trim_start_matches("error: ").to_owned(),
+                ));
+            }
+        };
         let file = match &cli.config {
             Some(path) => Some(read_file(path)?),
             None => None,

@@ -24,6 +24,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("invalid value for `log_level`: {}", cfg.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),

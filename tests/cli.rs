@@ -1,0 +1,208 @@
+//! The real binary, as a new user meets it: --help, configuration errors, precedence of flag > env >
+//! file, capture mode by default, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sentry-sidecar"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SENTRY_SIDECAR_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_ready(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sidecar exited early: {status}");
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("sidecar did not listen on {addr}");
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for s in [
+        "--config",
+        "--listen",
+        "--upstream",
+        "--spool-dir",
+        "--ca-file",
+        "--admin-listen",
+        "--tunnel-path",
+        "--tunnel-allow",
+        "--compression",
+        "--max-request-bytes",
+        "--max-decoded-bytes",
+        "--connect-timeout",
+        "--request-timeout",
+        "--h2-concurrency",
+        "--h1-connections",
+        "--batch-size",
+        "--retry-initial",
+        "--retry-max",
+        "--shutdown-timeout",
+        "--log-format",
+        "--log-level",
+        "SENTRY_SIDECAR_LISTEN",
+        "SENTRY_SIDECAR_UPSTREAM",
+        "capture",
+    ] {
+        assert!(help.contains(s), "--help lacks {s}");
+    }
+}
+
+#[test]
+fn config_errors_are_one_line_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    for (toml, key) in [
+        (
+            "listen = \"127.0.0.1:1\"\nupstrem = \"https://x\"\n",
+            "upstrem",
+        ),
+        ("batch_size = -3\n", "batch_size"),
+        ("request_timeout = \"often\"\n", "request_timeout"),
+        (
+            "[[routes]]\nproject = \"x\"\nupstream = \"https://a\"\n",
+            "routes[0].project",
+        ),
+        ("listen = \n", "line 1"),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let out = bin().arg("--config").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(key), "{err} should name {key}");
+    }
+    let out = bin().args(["--listen", "nowhere"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+    let out = bin()
+        .env("SENTRY_SIDECAR_BATCH_SIZE", "zero")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("batch-size"));
+}
+
+#[test]
+fn flag_beats_env_beats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p_file, p_env, p_flag) = (free_port(), free_port(), free_port());
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{p_file}\"\nspool_dir = \"{}\"\n",
+            dir.path().join("d").display()
+        ),
+    )
+    .unwrap();
+
+    let run = |env: Option<u16>, flag: Option<u16>, expect: u16| {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&file).stderr(Stdio::null());
+        if let Some(p) = env {
+            cmd.env("SENTRY_SIDECAR_LISTEN", format!("127.0.0.1:{p}"));
+        }
+        if let Some(p) = flag {
+            cmd.arg("--listen").arg(format!("127.0.0.1:{p}"));
+        }
+        let mut child = cmd.spawn().unwrap();
+        wait_ready(SocketAddr::from(([127, 0, 0, 1], expect)), &mut child);
+        sigterm(&child);
+        assert!(child.wait().unwrap().success());
+    };
+    run(None, None, p_file);
+    run(Some(p_env), None, p_env);
+    run(Some(p_env), Some(p_flag), p_flag);
+    assert!(
+        dir.path().join("d").is_dir(),
+        "spool_dir from the file was used"
+    );
+}
+
+#[test]
+fn new_user_capture_mode_then_clean_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = bin()
+        .current_dir(dir.path())
+        .args(["--listen", &addr.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(addr, &mut child);
+    let f = load_fixture("02_sdk_error_gzip");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(raw(addr, &f.wire(addr)));
+    assert_eq!(r.status, 200);
+    let event_id = r.json()["id"].as_str().unwrap().to_owned();
+
+    // The default data dir is ./sentry-sidecar-data, with the capture file in it.
+    let capture = dir.path().join("sentry-sidecar-data/capture.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&capture)
+        .unwrap_or_default()
+        .contains(&event_id)
+    {
+        assert!(Instant::now() < deadline, "event not captured");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&child);
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let log: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let line = log
+        .iter()
+        .find(|l| l.contains("captured"))
+        .unwrap_or_else(|| panic!("no capture log line in {log:?}"));
+    for part in ["project=42", &event_id, "items=event", "bytes="] {
+        assert!(line.contains(part), "{line} lacks {part}");
+    }
+    assert!(log.iter().any(|l| l.contains("capture mode")), "{log:?}");
+}
