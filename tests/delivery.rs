@@ -94,7 +94,7 @@ async fn rejected_for_good_is_dropped_and_counted() {
         200
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sidecar.spool().len() > 0 && tokio::time::Instant::now() < deadline {
+    while !sidecar.spool().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
