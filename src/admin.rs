@@ -29,11 +29,7 @@ pub struct Admin {
 impl Admin {
     /// Admin endpoints over `spool`, not ready until [`Admin::set_ready`].
     pub fn new(spool: Arc<dyn Spool>, metrics: PrometheusHandle) -> Admin {
-        Admin {
-            ready: AtomicBool::new(false),
-            spool,
-            metrics,
-        }
+        Admin { ready: AtomicBool::new(false), spool, metrics }
     }
 
     /// Flips the readiness latch.
@@ -44,21 +40,15 @@ impl Admin {
     /// Answers `path` if it is an admin path.
     pub fn route(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
         let resp = match path {
-            "/healthz" | "/readyz" | "/metrics"
-                if method != Method::GET && method != Method::HEAD =>
-            {
+            "/healthz" | "/readyz" | "/metrics" if method != Method::GET && method != Method::HEAD => {
                 response::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
-            "/healthz" => {
-                response::json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
-            }
+            "/healthz" => response::json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
             "/readyz" => self.readiness(),
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
+                r.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
             }
             _ => return None,
@@ -90,11 +80,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        _peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
         self.route(req.method(), req.uri().path())
             .unwrap_or_else(|| response::error(StatusCode::NOT_FOUND, "not found"))
     }

@@ -19,10 +19,7 @@ pub struct Capture {
 impl Capture {
     /// A sink appending to `path` (created on first use).
     pub fn new(path: PathBuf) -> Capture {
-        Capture {
-            path,
-            file: Mutex::new(None),
-        }
+        Capture { path, file: Mutex::new(None) }
     }
 
     /// Where captured envelopes go.
@@ -32,14 +29,9 @@ impl Capture {
 
     /// Appends one record as a JSON line and logs it.
     pub async fn write(&self, rec: &Record) -> std::io::Result<()> {
-        let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(
-            i128::from(rec.received_ms) * 1_000_000,
-        )
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        });
+        let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(rec.received_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
         let mut line = serde_json::json!({
             "received_at": received_at,
             "endpoint": rec.endpoint.name(),
@@ -53,9 +45,8 @@ impl Capture {
         match std::str::from_utf8(&rec.body) {
             Ok(text) => line["body"] = serde_json::Value::from(text),
             Err(_) => {
-                line["body_base64"] = serde_json::Value::from(
-                    base64::engine::general_purpose::STANDARD.encode(&rec.body),
-                )
+                line["body_base64"] =
+                    serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(&rec.body))
             }
         }
         let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
@@ -63,11 +54,7 @@ impl Capture {
         {
             let mut guard = self.file.lock().await;
             if guard.is_none() {
-                let f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .await?;
+                let f = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await?;
                 *guard = Some(f);
             }
             if let Some(f) = guard.as_mut() {

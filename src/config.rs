@@ -50,10 +50,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message: message.to_string(),
-    }
+    ConfigError::Invalid { key: key.to_owned(), message: message.to_string() }
 }
 
 /// Outbound body compression.
@@ -63,6 +60,44 @@ pub enum Compression {
     Gzip,
     /// Send bodies as they are.
     None,
+}
+
+/// How durable an acknowledged envelope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written to the OS (SQLite WAL, `synchronous=NORMAL`) before the answer: survives `kill -9`.
+    Process,
+    /// fsync'd (group commit) before the answer: survives power loss.
+    Power,
+    /// Acknowledged from RAM; spilled to disk under pressure and on shutdown.
+    Memory,
+}
+
+/// What a full spool does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Drop the oldest waiting envelopes to make room (the freshest errors matter most).
+    DropOldest,
+    /// Refuse new envelopes with 503 and `Retry-After`.
+    RejectNew,
+}
+
+/// Which envelopes are delivered first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOrder {
+    /// Oldest first.
+    OldestFirst,
+    /// Newest first.
+    NewestFirst,
+}
+
+/// What happens to an envelope whose categories are all rate limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitPolicy {
+    /// Keep it in the spool until the limit ends (up to `max_hold`).
+    Hold,
+    /// Drop it, count it and report it in a client report.
+    Drop,
 }
 
 /// A per-project or per-key route from the config file.
@@ -153,6 +188,28 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight work.
     pub shutdown_timeout: Duration,
+    /// Durability of acknowledged envelopes.
+    pub durability: Durability,
+    /// Byte bound of the spool.
+    pub spool_max_bytes: u64,
+    /// Age bound of the spool.
+    pub spool_max_age: Duration,
+    /// What a full spool does.
+    pub spool_full_policy: FullPolicy,
+    /// Delivery order.
+    pub delivery_order: DeliveryOrder,
+    /// RAM tier size with `durability = memory`.
+    pub memory_spool_bytes: u64,
+    /// What rate-limited envelopes do.
+    pub rate_limit_policy: RateLimitPolicy,
+    /// Longest an envelope is held for a rate limit before it is dropped.
+    pub max_hold: Duration,
+    /// Answer SDKs 429 while their categories are rate limited upstream.
+    pub answer_429: bool,
+    /// Envelopes per second while draining a backlog after an outage (0 = unpaced).
+    pub drain_rate: u32,
+    /// How long an upstream may fail with only transient errors before its circuit opens.
+    pub circuit_grace: Duration,
     /// Log format for `main`.
     pub log_format: LogFormat,
     /// Log filter for `main` (`info`, `sentry_sidecar=debug`, ...).
@@ -183,10 +240,7 @@ impl Config {
         let cli = match Cli::try_parse() {
             Ok(cli) => cli,
             Err(e)
-                if matches!(
-                    e.kind(),
-                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-                ) =>
+                if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) =>
             {
                 e.exit()
             }
@@ -195,9 +249,7 @@ impl Config {
                 // what is wrong.
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or("invalid arguments");
-                return Err(ConfigError::Cli(
-                    first.trim_start_matches("error: ").to_owned(),
-                ));
+                return Err(ConfigError::Cli(first.trim_start_matches("error: ").to_owned()));
             }
         };
         let file = match &cli.config {
@@ -209,12 +261,10 @@ impl Config {
 
     /// Parses a TOML document as a config file would be (for tests and `--config`).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Toml {
-                path: PathBuf::from("<inline>"),
-                message: e.message().to_owned(),
-            })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Toml {
+            path: PathBuf::from("<inline>"),
+            message: e.message().to_owned(),
+        })?;
         Config::resolve(Cli::default(), Some(table))
     }
 
@@ -239,22 +289,15 @@ impl Config {
         let admin_listen_file = file.take_string("admin_listen")?;
         let admin_listen = match cli.admin_listen {
             Some(v) => Some(v),
-            None => admin_listen_file
-                .map(|s| parse_addr(&s).map_err(|e| invalid("admin_listen", e)))
-                .transpose()?,
+            None => admin_listen_file.map(|s| parse_addr(&s).map_err(|e| invalid("admin_listen", e))).transpose()?,
         };
         let upstream_file = file.take_string("upstream")?;
         let upstream = match cli.upstream {
             Some(v) => Some(v),
-            None => upstream_file
-                .map(|s| UpstreamUrl::parse(&s).map_err(|e| invalid("upstream", e)))
-                .transpose()?,
+            None => upstream_file.map(|s| UpstreamUrl::parse(&s).map_err(|e| invalid("upstream", e))).transpose()?,
         };
-        let spool_dir = pick!(
-            spool_dir,
-            |s: &str| Ok::<_, String>(PathBuf::from(s)),
-            PathBuf::from("./sentry-sidecar-data")
-        );
+        let spool_dir =
+            pick!(spool_dir, |s: &str| Ok::<_, String>(PathBuf::from(s)), PathBuf::from("./sentry-sidecar-data"));
         let ca_file_file = file.take_string("ca_file")?;
         let ca_file = cli.ca_file.or(ca_file_file.map(PathBuf::from));
         let tunnel_path = pick!(tunnel_path, parse_tunnel_path, "/tunnel".to_owned());
@@ -283,25 +326,26 @@ impl Config {
         let retry_initial = pick!(retry_initial, parse_duration, Duration::from_secs(1));
         let retry_max = pick!(retry_max, parse_duration, Duration::from_secs(300));
         let shutdown_timeout = pick!(shutdown_timeout, parse_duration, Duration::from_secs(10));
+        let durability = pick!(durability, parse_durability, Durability::Process);
+        let spool_max_bytes = pick!(spool_max_bytes, parse_size, 1024 * 1024 * 1024) as u64;
+        let spool_max_age = pick!(spool_max_age, parse_duration, Duration::from_secs(24 * 3600));
+        let spool_full_policy = pick!(spool_full_policy, parse_full_policy, FullPolicy::DropOldest);
+        let delivery_order = pick!(delivery_order, parse_order, DeliveryOrder::OldestFirst);
+        let memory_spool_bytes = pick!(memory_spool_bytes, parse_size, 32 * 1024 * 1024) as u64;
+        let rate_limit_policy = pick!(rate_limit_policy, parse_rate_limit_policy, RateLimitPolicy::Hold);
+        let max_hold = pick!(max_hold, parse_duration, Duration::from_secs(3600));
+        let answer_429 = pick!(answer_429, parse_bool, false);
+        let drain_rate = pick!(drain_rate, parse_rate, 1000);
+        let circuit_grace = pick!(circuit_grace, parse_duration, Duration::from_secs(5));
         let log_format = pick!(log_format, parse_log_format, LogFormat::Text);
-        let log_level = pick!(
-            log_level,
-            |s: &str| Ok::<_, String>(s.to_owned()),
-            "info".to_owned()
-        );
+        let log_level = pick!(log_level, |s: &str| Ok::<_, String>(s.to_owned()), "info".to_owned());
         file.finish()?;
 
         if retry_initial > retry_max {
-            return Err(invalid(
-                "retry_initial",
-                "must not be larger than retry_max",
-            ));
+            return Err(invalid("retry_initial", "must not be larger than retry_max"));
         }
         if max_request_bytes > max_decoded_bytes {
-            return Err(invalid(
-                "max_request_bytes",
-                "must not be larger than max_decoded_bytes",
-            ));
+            return Err(invalid("max_request_bytes", "must not be larger than max_decoded_bytes"));
         }
         Ok(Config {
             listen,
@@ -326,6 +370,17 @@ impl Config {
             retry_initial,
             retry_max,
             shutdown_timeout,
+            durability,
+            spool_max_bytes,
+            spool_max_age,
+            spool_full_policy,
+            delivery_order,
+            memory_spool_bytes,
+            rate_limit_policy,
+            max_hold,
+            answer_429,
+            drain_rate,
+            circuit_grace,
             log_format,
             log_level,
         })
@@ -333,10 +388,7 @@ impl Config {
 }
 
 fn read_file(path: &PathBuf) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
     text.parse().map_err(|e: toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].lines().count().max(1));
         ConfigError::Toml {
@@ -364,10 +416,7 @@ impl FileValues {
             Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
             Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
             Some(toml::Value::Float(f)) => Ok(Some(f.to_string())),
-            Some(other) => Err(invalid(
-                key,
-                format!("expected a string or number, found {}", other.type_str()),
-            )),
+            Some(other) => Err(invalid(key, format!("expected a string or number, found {}", other.type_str()))),
         }
     }
 
@@ -379,17 +428,11 @@ impl FileValues {
                 .into_iter()
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s),
-                    other => Err(invalid(
-                        key,
-                        format!("expected strings, found {}", other.type_str()),
-                    )),
+                    other => Err(invalid(key, format!("expected strings, found {}", other.type_str()))),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(other) => Err(invalid(
-                key,
-                format!("expected a list of strings, found {}", other.type_str()),
-            )),
+            Some(other) => Err(invalid(key, format!("expected a list of strings, found {}", other.type_str()))),
         }
     }
 
@@ -398,49 +441,32 @@ impl FileValues {
             return Ok(Vec::new());
         };
         let toml::Value::Array(list) = v else {
-            return Err(invalid(
-                "routes",
-                "expected an array of tables ([[routes]])",
-            ));
+            return Err(invalid("routes", "expected an array of tables ([[routes]])"));
         };
         list.into_iter()
             .enumerate()
             .map(|(i, v)| {
                 let toml::Value::Table(t) = v else {
-                    return Err(invalid(
-                        "routes",
-                        "expected an array of tables ([[routes]])",
-                    ));
+                    return Err(invalid("routes", "expected an array of tables ([[routes]])"));
                 };
                 let mut t = FileValues(t);
                 let at = |k: &str| format!("routes[{i}].{k}");
                 let project = t
                     .take_string("project")?
-                    .map(|s| {
-                        s.parse::<u64>()
-                            .map_err(|_| invalid(&at("project"), "expected a numeric project id"))
-                    })
+                    .map(|s| s.parse::<u64>().map_err(|_| invalid(&at("project"), "expected a numeric project id")))
                     .transpose()?;
                 let key = t.take_string("key")?;
                 let upstream = t
                     .take_string("upstream")?
                     .ok_or_else(|| invalid(&at("upstream"), "every route needs an upstream"))?;
-                let upstream =
-                    UpstreamUrl::parse(&upstream).map_err(|e| invalid(&at("upstream"), e))?;
+                let upstream = UpstreamUrl::parse(&upstream).map_err(|e| invalid(&at("upstream"), e))?;
                 if project.is_none() && key.is_none() {
-                    return Err(invalid(
-                        &at("project"),
-                        "a route needs a project, a key or both",
-                    ));
+                    return Err(invalid(&at("project"), "a route needs a project, a key or both"));
                 }
                 if let Some(k) = t.0.keys().next() {
                     return Err(ConfigError::UnknownKey(format!("routes[{i}].{k}")));
                 }
-                Ok(RouteRule {
-                    project,
-                    key,
-                    upstream,
-                })
+                Ok(RouteRule { project, key, upstream })
             })
             .collect()
     }
@@ -454,9 +480,7 @@ impl FileValues {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:3000"))
+    s.trim().parse().map_err(|_| format!("`{s}` is not an address like 127.0.0.1:3000"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -464,18 +488,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 30s or 5m ({e})"))
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s or 5m ({e})"))
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let n = match s.parse::<u64>() {
         Ok(n) => n,
-        Err(_) => s
-            .parse::<bytesize::ByteSize>()
-            .map_err(|e| format!("`{s}` is not a size like 20MiB ({e})"))?
-            .as_u64(),
+        Err(_) => {
+            s.parse::<bytesize::ByteSize>().map_err(|e| format!("`{s}` is not a size like 20MiB ({e})"))?.as_u64()
+        }
     };
     if n == 0 {
         return Err("must be greater than zero".into());
@@ -506,6 +528,51 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
     }
 }
 
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s.trim() {
+        "process" => Ok(Durability::Process),
+        "power" => Ok(Durability::Power),
+        "memory" => Ok(Durability::Memory),
+        other => Err(format!("`{other}` is not one of process, power, memory")),
+    }
+}
+
+fn parse_full_policy(s: &str) -> Result<FullPolicy, String> {
+    match s.trim() {
+        "drop-oldest" => Ok(FullPolicy::DropOldest),
+        "reject-new" => Ok(FullPolicy::RejectNew),
+        other => Err(format!("`{other}` is not one of drop-oldest, reject-new")),
+    }
+}
+
+fn parse_order(s: &str) -> Result<DeliveryOrder, String> {
+    match s.trim() {
+        "oldest-first" => Ok(DeliveryOrder::OldestFirst),
+        "newest-first" => Ok(DeliveryOrder::NewestFirst),
+        other => Err(format!("`{other}` is not one of oldest-first, newest-first")),
+    }
+}
+
+fn parse_rate_limit_policy(s: &str) -> Result<RateLimitPolicy, String> {
+    match s.trim() {
+        "hold" => Ok(RateLimitPolicy::Hold),
+        "drop" => Ok(RateLimitPolicy::Drop),
+        other => Err(format!("`{other}` is not one of hold, drop")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("`{other}` is not true or false")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u32, String> {
+    s.trim().parse::<u32>().map_err(|_| format!("`{s}` is not a whole number of envelopes per second (0 = unpaced)"))
+}
+
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     match s.trim() {
         "text" => Ok(LogFormat::Text),
@@ -517,9 +584,7 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 fn parse_tunnel_path(s: &str) -> Result<String, String> {
     let s = s.trim();
     if !s.starts_with('/') || s.contains('?') || s.contains("/api/") {
-        return Err(format!(
-            "`{s}` must be an absolute path without a query, outside /api/"
-        ));
+        return Err(format!("`{s}` must be an absolute path without a query, outside /api/"));
     }
     Ok(s.to_owned())
 }
@@ -608,6 +673,44 @@ struct Cli {
     /// How long SIGTERM waits for in-flight requests [default: 10s].
     #[arg(long, env = "SENTRY_SIDECAR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     shutdown_timeout: Option<Duration>,
+    /// Durability of acknowledged envelopes: process (survives kill -9), power (fsync before the
+    /// answer), memory (fastest; lost on a crash) [default: process].
+    #[arg(long, env = "SENTRY_SIDECAR_DURABILITY", value_name = "LEVEL", value_parser = parse_durability)]
+    durability: Option<Durability>,
+    /// Most bytes the spool holds [default: 1GiB].
+    #[arg(long, env = "SENTRY_SIDECAR_SPOOL_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    spool_max_bytes: Option<usize>,
+    /// Envelopes older than this are dropped and reported [default: 24h].
+    #[arg(long, env = "SENTRY_SIDECAR_SPOOL_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    spool_max_age: Option<Duration>,
+    /// When the spool is full: drop-oldest, or reject-new (503 + Retry-After) [default: drop-oldest].
+    #[arg(long, env = "SENTRY_SIDECAR_SPOOL_FULL_POLICY", value_name = "POLICY", value_parser = parse_full_policy)]
+    spool_full_policy: Option<FullPolicy>,
+    /// Delivery order: oldest-first or newest-first [default: oldest-first].
+    #[arg(long, env = "SENTRY_SIDECAR_DELIVERY_ORDER", value_name = "ORDER", value_parser = parse_order)]
+    delivery_order: Option<DeliveryOrder>,
+    /// RAM held before spilling to disk with --durability memory [default: 32MiB].
+    #[arg(long, env = "SENTRY_SIDECAR_MEMORY_SPOOL_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    memory_spool_bytes: Option<usize>,
+    /// Envelopes whose categories are all rate limited: hold (wait in the spool) or drop
+    /// [default: hold].
+    #[arg(long, env = "SENTRY_SIDECAR_RATE_LIMIT_POLICY", value_name = "POLICY", value_parser = parse_rate_limit_policy)]
+    rate_limit_policy: Option<RateLimitPolicy>,
+    /// Longest an envelope is held for a rate limit before it is dropped [default: 1h].
+    #[arg(long, env = "SENTRY_SIDECAR_MAX_HOLD", value_name = "DURATION", value_parser = parse_duration)]
+    max_hold: Option<Duration>,
+    /// Answer SDKs 429 (Retry-After, X-Sentry-Rate-Limits) while their data is rate limited
+    /// upstream, so they stop producing [default: false].
+    #[arg(long, env = "SENTRY_SIDECAR_ANSWER_429", value_name = "BOOL", value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    answer_429: Option<bool>,
+    /// Envelopes per second sent while draining a backlog after an outage; 0 = unpaced
+    /// [default: 1000].
+    #[arg(long, env = "SENTRY_SIDECAR_DRAIN_RATE", value_name = "N", value_parser = parse_rate)]
+    drain_rate: Option<u32>,
+    /// An upstream failing with only transient errors this long has its circuit opened: sending
+    /// stops and single probes back off [default: 5s].
+    #[arg(long, env = "SENTRY_SIDECAR_CIRCUIT_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    circuit_grace: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "SENTRY_SIDECAR_LOG_FORMAT", value_name = "FORMAT", value_parser = parse_log_format)]
     log_format: Option<LogFormat>,
@@ -650,19 +753,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 4000);
-        assert_eq!(
-            c.upstream.as_ref().unwrap().as_str(),
-            "https://o1.ingest.sentry.io"
-        );
+        assert_eq!(c.upstream.as_ref().unwrap().as_str(), "https://o1.ingest.sentry.io");
         assert_eq!(c.request_timeout, Duration::from_secs(2));
         assert_eq!(c.max_request_bytes, 1024 * 1024);
         assert_eq!(c.batch_size, 10);
         assert_eq!(c.tunnel_allow[0].project_id, 42);
         assert_eq!(c.routes.len(), 2);
-        assert_eq!(
-            c.routes[0].upstream.as_str(),
-            "https://sentry.example.com/prefix"
-        );
+        assert_eq!(c.routes[0].upstream.as_str(), "https://sentry.example.com/prefix");
         assert_eq!(c.routes[1].key.as_deref(), Some("abc"));
     }
 
@@ -673,12 +770,8 @@ mod tests {
         assert!(msg("listen = \"nope\"").starts_with("invalid value for `listen`"));
         assert!(msg("batch_size = 0").starts_with("invalid value for `batch_size`"));
         assert!(msg("upstream = \"ftp://x\"").starts_with("invalid value for `upstream`"));
-        assert!(
-            msg("request_timeout = \"soon\"").starts_with("invalid value for `request_timeout`")
-        );
-        assert!(
-            msg("[[routes]]\nproject = 1\n").starts_with("invalid value for `routes[0].upstream`")
-        );
+        assert!(msg("request_timeout = \"soon\"").starts_with("invalid value for `request_timeout`"));
+        assert!(msg("[[routes]]\nproject = 1\n").starts_with("invalid value for `routes[0].upstream`"));
         assert_eq!(
             msg("[[routes]]\nproject = 1\nupstream = \"https://x\"\nfoo = 1\n"),
             "unknown configuration key `routes[0].foo`"
@@ -689,9 +782,7 @@ mod tests {
 
     #[test]
     fn flags_beat_env_beat_file() {
-        let file: toml::Table = "batch_size = 5\nlisten = \"127.0.0.1:5000\""
-            .parse()
-            .unwrap();
+        let file: toml::Table = "batch_size = 5\nlisten = \"127.0.0.1:5000\"".parse().unwrap();
         let cli = Cli::try_parse_from(["sentry-sidecar", "--batch-size", "9"]).unwrap();
         let c = Config::resolve(cli, Some(file)).unwrap();
         assert_eq!(c.batch_size, 9, "flag wins over file");
@@ -702,14 +793,7 @@ mod tests {
     fn cli_help_lists_every_setting() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        for flag in [
-            "--listen",
-            "--upstream",
-            "--spool-dir",
-            "--ca-file",
-            "--config",
-            "--tunnel-allow",
-        ] {
+        for flag in ["--listen", "--upstream", "--spool-dir", "--ca-file", "--config", "--tunnel-allow"] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
         assert!(help.contains("SENTRY_SIDECAR_UPSTREAM"));

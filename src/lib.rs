@@ -43,9 +43,10 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::capture::Capture;
 use crate::config::Config;
+use crate::dispatch::RateLimits;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
-use crate::spool::{MemorySpool, Spool};
+use crate::spool::{Spool, SpoolError};
 use crate::upstream::UpstreamClient;
 
 /// Why the sidecar could not start.
@@ -66,6 +67,14 @@ pub enum StartError {
         path: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The spool could not be opened (even after quarantining a broken one).
+    #[error("cannot open the spool in {path}: {source}")]
+    Spool {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: SpoolError,
     },
     /// The upstream client could not be built (CA file, TLS).
     #[error(transparent)]
@@ -90,31 +99,21 @@ impl Sidecar {
     /// Starts listeners and the dispatcher; returns once the sidecar is ready to accept.
     pub async fn start(cfg: Config) -> Result<Running, StartError> {
         let metrics = telemetry::metrics_handle();
-        std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| StartError::SpoolDir {
-            path: cfg.spool_dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&cfg.spool_dir)
+            .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
         let cfg = Arc::new(cfg);
-        let spool: Arc<dyn Spool> = Arc::new(MemorySpool::new());
-        let needs_client =
-            cfg.upstream.is_some() || !cfg.routes.is_empty() || !cfg.tunnel_allow.is_empty();
-        let client = if needs_client {
-            Some(Arc::new(UpstreamClient::new(&cfg)?))
-        } else {
-            None
-        };
+        let spool = spool::open(&cfg)
+            .map_err(|source| StartError::Spool { path: cfg.spool_dir.display().to_string(), source })?;
+        let limits = Arc::new(RateLimits::new());
+        let needs_client = cfg.upstream.is_some() || !cfg.routes.is_empty() || !cfg.tunnel_allow.is_empty();
+        let client = if needs_client { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };
         let capture = Arc::new(Capture::new(cfg.spool_dir.join("capture.jsonl")));
 
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
         };
         let listener = bind(cfg.listen).await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let admin_listener = match cfg.admin_listen {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -123,12 +122,8 @@ impl Sidecar {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = Arc::new(Admin::new(spool.clone(), metrics));
-        let inline_admin = if admin_listener.is_none() {
-            Some(admin.clone())
-        } else {
-            None
-        };
-        let ingest = Arc::new(Ingest::new(cfg.clone(), spool.clone(), inline_admin));
+        let inline_admin = if admin_listener.is_none() { Some(admin.clone()) } else { None };
+        let ingest = Arc::new(Ingest::new(cfg.clone(), spool.clone(), limits.clone(), inline_admin));
         let mut servers = vec![tokio::spawn(ingest::server::serve(
             listener,
             ingest,
@@ -145,12 +140,8 @@ impl Sidecar {
                 cfg.shutdown_timeout,
             )));
         }
-        let dispatcher = Arc::new(Dispatcher::new(
-            spool.clone(),
-            client,
-            capture,
-            DispatchConfig::from_config(&cfg),
-        ));
+        let dispatcher =
+            Arc::new(Dispatcher::new(spool.clone(), client, capture, limits, DispatchConfig::from_config(&cfg)));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx));
         admin.set_ready(true);
         tracing::info!(
@@ -160,15 +151,7 @@ impl Sidecar {
             spool_dir = %cfg.spool_dir.display(),
             "sentry-sidecar ready"
         );
-        Ok(Running {
-            addr,
-            admin_addr,
-            shutdown,
-            servers,
-            dispatcher,
-            admin,
-            spool,
-        })
+        Ok(Running { addr, admin_addr, shutdown, servers, dispatcher, admin, spool })
     }
 }
 
@@ -197,6 +180,7 @@ impl Running {
             let _ = s.await;
         }
         let _ = self.dispatcher.await;
+        self.spool.close().await;
         tracing::info!(left_in_spool = self.spool.len(), "sentry-sidecar stopped");
     }
 }

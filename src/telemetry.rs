@@ -32,6 +32,10 @@ pub const DROPPED: &str = "sidecar_dropped_total";
 pub const SPOOL_ENVELOPES: &str = "sidecar_spool_envelopes";
 /// Bytes waiting in the spool.
 pub const SPOOL_BYTES: &str = "sidecar_spool_bytes";
+/// 1 while an upstream's circuit is open (sending stopped, probing), by `upstream`.
+pub const CIRCUIT_OPEN: &str = "sidecar_upstream_circuit_open";
+/// Envelopes held back because their categories are rate limited, by `category`.
+pub const RATE_LIMITED: &str = "sidecar_rate_limited_total";
 /// Upstream requests in flight.
 pub const IN_FLIGHT: &str = "sidecar_upstream_in_flight";
 
@@ -42,9 +46,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ])
+                .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -14,32 +14,12 @@ async fn sidecar_with_small_limits(dir: &std::path::Path) -> sentry_sidecar::Run
 }
 
 fn assert_error(r: &Resp, status: u16, what: &str) {
-    assert_eq!(
-        r.status,
-        status,
-        "{what}: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let detail = r.json()["detail"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no detail"))
-        .to_owned();
+    assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.body));
+    let detail = r.json()["detail"].as_str().unwrap_or_else(|| panic!("{what}: no detail")).to_owned();
     assert!(!detail.is_empty(), "{what}");
-    assert!(
-        r.header("x-sentry-error").is_some(),
-        "{what}: X-Sentry-Error missing"
-    );
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("*"),
-        "{what}: CORS"
-    );
-    assert!(
-        r.header("access-control-expose-headers")
-            .unwrap_or("")
-            .contains("x-sentry-rate-limits"),
-        "{what}"
-    );
+    assert!(r.header("x-sentry-error").is_some(), "{what}: X-Sentry-Error missing");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{what}: CORS");
+    assert!(r.header("access-control-expose-headers").unwrap_or("").contains("x-sentry-rate-limits"), "{what}");
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -62,15 +42,9 @@ async fn every_bad_input_class_is_refused_clearly() {
         ("header not JSON", b"not json\n".to_vec()),
         ("item header not JSON", b"{}\nnope\n".to_vec()),
         ("item without type", b"{}\n{\"length\":2}\n{}\n".to_vec()),
-        (
-            "length past the end",
-            b"{}\n{\"type\":\"event\",\"length\":999}\n{}\n".to_vec(),
-        ),
+        ("length past the end", b"{}\n{\"type\":\"event\",\"length\":999}\n{}\n".to_vec()),
         ("bad event_id", b"{\"event_id\":\"xyz\"}\n".to_vec()),
-        (
-            "two events",
-            b"{}\n{\"type\":\"event\"}\n{}\n{\"type\":\"event\"}\n{}".to_vec(),
-        ),
+        ("two events", b"{}\n{\"type\":\"event\"}\n{}\n{\"type\":\"event\"}\n{}".to_vec()),
         ("empty body", Vec::new()),
     ] {
         let r = request(addr, "POST", "/api/42/envelope/", &auth, &body).await;
@@ -78,32 +52,14 @@ async fn every_bad_input_class_is_refused_clearly() {
     }
 
     // 401: no auth, and auth from two places.
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &[], &good).await, 401, "no auth");
     assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &[], &good).await,
-        401,
-        "no auth",
-    );
-    assert_error(
-        &request(
-            addr,
-            "POST",
-            &format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7"),
-            &auth,
-            &good,
-        )
-        .await,
+        &request(addr, "POST", &format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7"), &auth, &good).await,
         401,
         "two auth sources",
     );
     assert_error(
-        &request(
-            addr,
-            "POST",
-            "/api/42/envelope/",
-            &[("X-Sentry-Auth", "Sentry sentry_version=7")],
-            &good,
-        )
-        .await,
+        &request(addr, "POST", "/api/42/envelope/", &[("X-Sentry-Auth", "Sentry sentry_version=7")], &good).await,
         401,
         "auth without key",
     );
@@ -121,92 +77,33 @@ async fn every_bad_input_class_is_refused_clearly() {
     );
 
     // 404 and 405 and bad project ids.
-    assert_error(
-        &request(addr, "POST", "/nothing/here", &auth, &good).await,
-        404,
-        "unknown route",
-    );
-    assert_error(
-        &request(addr, "GET", "/api/42/envelope/", &auth, b"").await,
-        405,
-        "GET on envelope",
-    );
-    assert_error(
-        &request(addr, "POST", "/api/abc/envelope/", &auth, &good).await,
-        400,
-        "non-numeric project",
-    );
-    assert_error(
-        &request(addr, "POST", "/tunnel", &[], &good).await,
-        404,
-        "tunnel off without allow-list",
-    );
+    assert_error(&request(addr, "POST", "/nothing/here", &auth, &good).await, 404, "unknown route");
+    assert_error(&request(addr, "GET", "/api/42/envelope/", &auth, b"").await, 405, "GET on envelope");
+    assert_error(&request(addr, "POST", "/api/abc/envelope/", &auth, &good).await, 400, "non-numeric project");
+    assert_error(&request(addr, "POST", "/tunnel", &[], &good).await, 404, "tunnel off without allow-list");
 
     // 413: too large on the wire, a zip bomb, an oversized event item, an oversized store event.
     let big = vec![b'x'; 65 * 1024];
-    assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &auth, &big).await,
-        413,
-        "wire limit",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &auth, &big).await, 413, "wire limit");
     let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
     assert!(bomb.len() < 64 * 1024);
     let gz = [(ak, av.as_str()), ("Content-Encoding", "gzip")];
-    assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &gz, &bomb).await,
-        413,
-        "zip bomb",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &gz, &bomb).await, 413, "zip bomb");
     let mut huge_report = b"{}\n{\"type\":\"client_report\"}\n".to_vec();
     huge_report.extend(vec![b'a'; 5000]);
-    assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &auth, &huge_report).await,
-        413,
-        "item limit",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &auth, &huge_report).await, 413, "item limit");
 
     // 400/415: broken or unknown encodings.
-    assert_error(
-        &request(
-            addr,
-            "POST",
-            "/api/42/envelope/",
-            &gz,
-            b"definitely not gzip",
-        )
-        .await,
-        400,
-        "corrupt gzip",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &gz, b"definitely not gzip").await, 400, "corrupt gzip");
     let br = [(ak, av.as_str()), ("Content-Encoding", "br")];
-    assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &br, b"\xff\xfe\xfd\xfc").await,
-        400,
-        "corrupt br",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &br, b"\xff\xfe\xfd\xfc").await, 400, "corrupt br");
     let lzw = [(ak, av.as_str()), ("Content-Encoding", "compress")];
-    assert_error(
-        &request(addr, "POST", "/api/42/envelope/", &lzw, &good).await,
-        415,
-        "unknown encoding",
-    );
+    assert_error(&request(addr, "POST", "/api/42/envelope/", &lzw, &good).await, 415, "unknown encoding");
 
     // Store bodies that are neither JSON nor base64+zlib.
-    assert_error(
-        &request(addr, "POST", "/api/42/store/", &auth, b"%%% not base64").await,
-        400,
-        "store garbage",
-    );
-    assert_error(
-        &request(addr, "POST", "/api/42/store/", &auth, b"aGVsbG8=").await,
-        400,
-        "store base64 not zlib",
-    );
-    assert_error(
-        &request(addr, "POST", "/api/42/store/", &auth, b"{\"event_id\": 5}").await,
-        400,
-        "store bad id",
-    );
+    assert_error(&request(addr, "POST", "/api/42/store/", &auth, b"%%% not base64").await, 400, "store garbage");
+    assert_error(&request(addr, "POST", "/api/42/store/", &auth, b"aGVsbG8=").await, 400, "store base64 not zlib");
+    assert_error(&request(addr, "POST", "/api/42/store/", &auth, b"{\"event_id\": 5}").await, 400, "store bad id");
 
     // A broken chunked stream.
     let broken = format!(
@@ -237,9 +134,7 @@ async fn every_bad_input_class_is_refused_clearly() {
 }
 
 fn captured_lines(dir: &std::path::Path) -> u64 {
-    std::fs::read_to_string(dir.join("spool/capture.jsonl"))
-        .map(|s| s.lines().count() as u64)
-        .unwrap_or(0)
+    std::fs::read_to_string(dir.join("spool/capture.jsonl")).map(|s| s.lines().count() as u64).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,32 +146,17 @@ async fn cors_preflight_and_headers() {
         addr,
         "OPTIONS",
         "/api/42/envelope/?sentry_key=abc",
-        &[
-            ("Origin", "https://app.example"),
-            ("Access-Control-Request-Method", "POST"),
-        ],
+        &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")],
         b"",
     )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert!(r
-        .header("access-control-allow-methods")
-        .unwrap()
-        .contains("POST"));
-    assert!(r
-        .header("access-control-allow-headers")
-        .unwrap()
-        .contains("x-sentry-auth"));
-    assert!(r
-        .header("access-control-allow-headers")
-        .unwrap()
-        .contains("content-encoding"));
+    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert!(r.header("access-control-allow-headers").unwrap().contains("x-sentry-auth"));
+    assert!(r.header("access-control-allow-headers").unwrap().contains("content-encoding"));
     assert_eq!(r.header("access-control-max-age"), Some("3600"));
-    assert_eq!(
-        r.header("access-control-expose-headers"),
-        Some("x-sentry-error, x-sentry-rate-limits, retry-after")
-    );
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-sentry-error, x-sentry-rate-limits, retry-after"));
 
     let (_, body) = error_envelope("cors");
     let r = request(
@@ -299,71 +179,28 @@ async fn auth_sources() {
     let sidecar = start(test_config(dir.path())).await;
     let addr = sidecar.local_addr();
     let (_, body) = error_envelope("auth");
-    let ok = |r: Resp, what: &str| {
-        assert_eq!(
-            r.status,
-            200,
-            "{what}: {}",
-            String::from_utf8_lossy(&r.body)
-        )
-    };
+    let ok = |r: Resp, what: &str| assert_eq!(r.status, 200, "{what}: {}", String::from_utf8_lossy(&r.body));
     ok(
-        request(
-            addr,
-            "POST",
-            "/api/42/envelope/",
-            &[("Authorization", &format!("Sentry sentry_key={KEY}"))],
-            &body,
-        )
-        .await,
+        request(addr, "POST", "/api/42/envelope/", &[("Authorization", &format!("Sentry sentry_key={KEY}"))], &body)
+            .await,
         "Authorization",
     );
-    ok(
-        request(
-            addr,
-            "POST",
-            &format!("/api/42/envelope/?sentry_key={KEY}"),
-            &[],
-            &body,
-        )
-        .await,
-        "query",
-    );
+    ok(request(addr, "POST", &format!("/api/42/envelope/?sentry_key={KEY}"), &[], &body).await, "query");
     ok(
         request(
             addr,
             "POST",
             "/api/42/envelope/",
-            &[(
-                "X-Sentry-Auth",
-                &format!("sentry sentry_key={KEY},sentry_version=7.0"),
-            )],
+            &[("X-Sentry-Auth", &format!("sentry sentry_key={KEY},sentry_version=7.0"))],
             &body,
         )
         .await,
         "lowercase, 7.0",
     );
-    let with_dsn = format!(
-        "{{\"dsn\":\"https://{KEY}@o1.ingest.sentry.io/42\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"x\"}}"
-    );
-    ok(
-        request(addr, "POST", "/api/42/envelope/", &[], with_dsn.as_bytes()).await,
-        "envelope dsn",
-    );
-    ok(
-        request(addr, "POST", "/api/42/unreal/abcdef/", &[], b"crash").await,
-        "key in the path",
-    );
-    ok(
-        request(
-            addr,
-            "GET",
-            "/api/42/cron/nightly/abcdef/?status=ok",
-            &[],
-            b"",
-        )
-        .await,
-        "cron GET",
-    );
+    let with_dsn =
+        format!("{{\"dsn\":\"https://{KEY}@o1.ingest.sentry.io/42\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"x\"}}");
+    ok(request(addr, "POST", "/api/42/envelope/", &[], with_dsn.as_bytes()).await, "envelope dsn");
+    ok(request(addr, "POST", "/api/42/unreal/abcdef/", &[], b"crash").await, "key in the path");
+    ok(request(addr, "GET", "/api/42/cron/nightly/abcdef/?status=ok", &[], b"").await, "cron GET");
     sidecar.shutdown().await;
 }

@@ -21,11 +21,7 @@ fn bin() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_ready(addr: SocketAddr, child: &mut Child) {
@@ -43,11 +39,7 @@ fn wait_ready(addr: SocketAddr, child: &mut Child) {
 }
 
 fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(ok.success());
 }
 
@@ -91,16 +83,10 @@ fn config_errors_are_one_line_and_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     for (toml, key) in [
-        (
-            "listen = \"127.0.0.1:1\"\nupstrem = \"https://x\"\n",
-            "upstrem",
-        ),
+        ("listen = \"127.0.0.1:1\"\nupstrem = \"https://x\"\n", "upstrem"),
         ("batch_size = -3\n", "batch_size"),
         ("request_timeout = \"often\"\n", "request_timeout"),
-        (
-            "[[routes]]\nproject = \"x\"\nupstream = \"https://a\"\n",
-            "routes[0].project",
-        ),
+        ("[[routes]]\nproject = \"x\"\nupstream = \"https://a\"\n", "routes[0].project"),
         ("listen = \n", "line 1"),
     ] {
         std::fs::write(&file, toml).unwrap();
@@ -115,14 +101,9 @@ fn config_errors_are_one_line_and_name_the_key() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("--listen"), "{err}");
-    let out = bin()
-        .env("SENTRY_SIDECAR_BATCH_SIZE", "zero")
-        .output()
-        .unwrap();
+    let out = bin().env("SENTRY_SIDECAR_BATCH_SIZE", "zero").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("batch-size"));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("batch-size"));
 }
 
 #[test]
@@ -132,10 +113,7 @@ fn flag_beats_env_beats_file() {
     let file = dir.path().join("c.toml");
     std::fs::write(
         &file,
-        format!(
-            "listen = \"127.0.0.1:{p_file}\"\nspool_dir = \"{}\"\n",
-            dir.path().join("d").display()
-        ),
+        format!("listen = \"127.0.0.1:{p_file}\"\nspool_dir = \"{}\"\n", dir.path().join("d").display()),
     )
     .unwrap();
 
@@ -156,10 +134,7 @@ fn flag_beats_env_beats_file() {
     run(None, None, p_file);
     run(Some(p_env), None, p_env);
     run(Some(p_env), Some(p_flag), p_flag);
-    assert!(
-        dir.path().join("d").is_dir(),
-        "spool_dir from the file was used"
-    );
+    assert!(dir.path().join("d").is_dir(), "spool_dir from the file was used");
 }
 
 #[test]
@@ -167,18 +142,11 @@ fn new_user_capture_mode_then_clean_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = bin()
-        .current_dir(dir.path())
-        .args(["--listen", &addr.to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        bin().current_dir(dir.path()).args(["--listen", &addr.to_string()]).stderr(Stdio::piped()).spawn().unwrap();
     wait_ready(addr, &mut child);
     let f = load_fixture("02_sdk_error_gzip");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let r = rt.block_on(raw(addr, &f.wire(addr)));
     assert_eq!(r.status, 200);
     let event_id = r.json()["id"].as_str().unwrap().to_owned();
@@ -186,10 +154,7 @@ fn new_user_capture_mode_then_clean_sigterm() {
     // The default data dir is ./sentry-sidecar-data, with the capture file in it.
     let capture = dir.path().join("sentry-sidecar-data/capture.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&capture)
-        .unwrap_or_default()
-        .contains(&event_id)
-    {
+    while !std::fs::read_to_string(&capture).unwrap_or_default().contains(&event_id) {
         assert!(Instant::now() < deadline, "event not captured");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -197,10 +162,7 @@ fn new_user_capture_mode_then_clean_sigterm() {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let log: Vec<String> = stderr.lines().map_while(Result::ok).collect();
     assert!(child.wait().unwrap().success());
-    let line = log
-        .iter()
-        .find(|l| l.contains("captured"))
-        .unwrap_or_else(|| panic!("no capture log line in {log:?}"));
+    let line = log.iter().find(|l| l.contains("captured")).unwrap_or_else(|| panic!("no capture log line in {log:?}"));
     for part in ["project=42", &event_id, "items=event", "bytes="] {
         assert!(line.contains(part), "{line} lacks {part}");
     }

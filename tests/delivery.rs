@@ -27,19 +27,12 @@ async fn capture_mode_writes_every_envelope_locally() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let entries: Vec<serde_json::Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(entries.len(), 2);
-    let env = entries
-        .iter()
-        .find(|e| e["endpoint"] == "envelope")
-        .unwrap();
+    let env = entries.iter().find(|e| e["endpoint"] == "envelope").unwrap();
     assert_eq!(env["project"], 42);
     let f01 = load_fixture("01_sdk_error_br").decoded();
-    let header: serde_json::Value =
-        serde_json::from_slice(f01.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(f01.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(env["event_id"], header["event_id"]);
     assert_eq!(env["item_types"], serde_json::json!(["event"]));
     assert!(env["body"].as_str().unwrap().contains("ACCMARK"));
@@ -52,12 +45,7 @@ async fn capture_mode_writes_every_envelope_locally() {
 async fn transient_failures_are_retried_then_delivered_once() {
     let pki = Pki::new();
     // The first three attempts fail with 503, then everything succeeds.
-    let up = Upstream::start_with(
-        &pki,
-        true,
-        Arc::new(|_, n| if n < 3 { (503, vec![]) } else { (200, vec![]) }),
-    )
-    .await;
+    let up = Upstream::start_with(&pki, true, Arc::new(|_, n| if n < 3 { (503, vec![]) } else { (200, vec![]) })).await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
     let (id, body) = error_envelope("retry-me");
@@ -69,46 +57,28 @@ async fn transient_failures_are_retried_then_delivered_once() {
     assert_eq!(up.attempts.load(Ordering::SeqCst), 4);
     assert_eq!(sidecar.spool().len(), 0);
     let m = metrics_text(sidecar.local_addr()).await;
-    assert!(
-        m.contains(r#"sidecar_retries_total{reason="transient"}"#),
-        "{m}"
-    );
+    assert!(m.contains(r#"sidecar_retries_total{reason="transient"}"#), "{m}");
     sidecar.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_for_good_is_dropped_and_counted() {
     let pki = Pki::new();
-    let up = Upstream::start_with(
-        &pki,
-        true,
-        Arc::new(|_, _| (400, vec![("x-sentry-error", "invalid event".to_string())])),
-    )
-    .await;
+    let up =
+        Upstream::start_with(&pki, true, Arc::new(|_, _| (400, vec![("x-sentry-error", "invalid event".to_string())])))
+            .await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
-    assert_eq!(
-        post_envelope(sidecar.local_addr(), &error_envelope("bad").1)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope("bad").1).await.status, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !sidecar.spool().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        up.attempts.load(Ordering::SeqCst),
-        1,
-        "a 400 is never retried"
-    );
+    assert_eq!(up.attempts.load(Ordering::SeqCst), 1, "a 400 is never retried");
     assert_eq!(sidecar.spool().len(), 0);
     let m = metrics_text(sidecar.local_addr()).await;
-    assert!(
-        m.contains(r#"sidecar_dropped_total{reason="upstream_rejected",category="error"}"#),
-        "{m}"
-    );
+    assert!(m.contains(r#"sidecar_dropped_total{reason="upstream_rejected",category="error"}"#), "{m}");
     sidecar.shutdown().await;
 }
 
@@ -121,30 +91,18 @@ async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
     drop(probe);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
-    cfg.upstream = Some(
-        sentry_sidecar::config::UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
-    );
+    cfg.upstream = Some(sentry_sidecar::config::UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap());
     cfg.ca_file = Some(pki.ca_file.clone());
     cfg.retry_initial = Duration::from_millis(100);
     cfg.retry_max = Duration::from_millis(400);
     let sidecar = start(cfg).await;
-    assert_eq!(
-        post_envelope(sidecar.local_addr(), &error_envelope("later").1)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope("later").1).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let m = metrics_text(sidecar.local_addr()).await;
     let retries = metric_value(&m, r#"sidecar_retries_total{reason="transient"}"#);
     // 1.5 s with delays of 50-100, 100-200, 200-400, 200-400 ms...: a handful, never hundreds.
-    assert!(
-        (2.0..=15.0).contains(&retries),
-        "retries in 1.5 s: {retries}"
-    );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    assert!((2.0..=15.0).contains(&retries), "retries in 1.5 s: {retries}");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
     let got = up.wait_for(1, 10).await;
     assert_eq!(got.len(), 1);
@@ -152,12 +110,7 @@ async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
 }
 
 fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .map(|v| v.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap())).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,21 +131,10 @@ async fn health_readiness_and_separate_admin_listener() {
     // Not on the ingest port when a separate admin listener is configured.
     let r = request(sidecar.local_addr(), "GET", "/metrics", &[], b"").await;
     assert_eq!(r.status, 404);
-    assert_eq!(
-        post_envelope(sidecar.local_addr(), &error_envelope("m").1)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope("m").1).await.status, 200);
     let m = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").await.body).unwrap();
-    assert!(
-        m.contains(r#"sidecar_accepted_total{endpoint="envelope"}"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"sidecar_requests_total{endpoint="envelope",status="200"}"#),
-        "{m}"
-    );
+    assert!(m.contains(r#"sidecar_accepted_total{endpoint="envelope"}"#), "{m}");
+    assert!(m.contains(r#"sidecar_requests_total{endpoint="envelope",status="200"}"#), "{m}");
     sidecar.shutdown().await;
 }
 
@@ -205,10 +147,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (_, body) = error_envelope("slow");
     let (k, v) = auth_header();
-    let head = format!(
-        "POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\n{k}: {v}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head =
+        format!("POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\n{k}: {v}\r\nContent-Length: {}\r\n\r\n", body.len());
     use tokio::io::AsyncWriteExt;
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body[..10]).await.unwrap();
@@ -218,12 +158,6 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     s.write_all(&body[10..]).await.unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "the in-flight request was finished");
-    tokio::time::timeout(Duration::from_secs(5), stop)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    tokio::time::timeout(Duration::from_secs(5), stop).await.unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }

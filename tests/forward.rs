@@ -17,33 +17,17 @@ async fn every_fixture_arrives_byte_for_byte_over_one_tls_connection() {
     let fixtures = load_fixtures();
     for f in &fixtures {
         let r = raw(addr, &f.wire(addr)).await;
-        assert_eq!(
-            r.status,
-            200,
-            "{}: {}",
-            f.name,
-            String::from_utf8_lossy(&r.body)
-        );
-        assert_eq!(
-            r.header("content-type"),
-            Some("application/json"),
-            "{}",
-            f.name
-        );
+        assert_eq!(r.status, 200, "{}: {}", f.name, String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-type"), Some("application/json"), "{}", f.name);
         let id = r.json()["id"].clone();
         let expected_id = if f.name.contains("store") {
-            serde_json::from_slice::<serde_json::Value>(&expected_body(f)).unwrap()["event_id"]
-                .clone()
+            serde_json::from_slice::<serde_json::Value>(&expected_body(f)).unwrap()["event_id"].clone()
         } else {
             let env = f.decoded();
             let header_line = env.split(|b| *b == b'\n').next().unwrap().to_vec();
             serde_json::from_slice::<serde_json::Value>(&header_line).unwrap()["event_id"].clone()
         };
-        assert_eq!(
-            id, expected_id,
-            "{}: the answer carries the event id",
-            f.name
-        );
+        assert_eq!(id, expected_id, "{}: the answer carries the event id", f.name);
     }
 
     let got = up.wait_for(fixtures.len(), 20).await;
@@ -54,52 +38,20 @@ async fn every_fixture_arrives_byte_for_byte_over_one_tls_connection() {
             .iter()
             .find(|r| r.body[..] == want[..])
             .unwrap_or_else(|| panic!("{}: no upstream request carried the same bytes", f.name));
-        assert_eq!(
-            r.path, f.path,
-            "{}: path and query (incl. query auth) unchanged",
-            f.name
-        );
-        assert_eq!(
-            r.header("x-sentry-auth"),
-            f.header("x-sentry-auth"),
-            "{}: header auth unchanged",
-            f.name
-        );
+        assert_eq!(r.path, f.path, "{}: path and query (incl. query auth) unchanged", f.name);
+        assert_eq!(r.header("x-sentry-auth"), f.header("x-sentry-auth"), "{}: header auth unchanged", f.name);
         assert_eq!(r.header("content-encoding"), Some("gzip"), "{}", f.name);
-        assert!(
-            r.raw_body.len() < r.body.len(),
-            "{}: gzip made it smaller",
-            f.name
-        );
+        assert!(r.raw_body.len() < r.body.len(), "{}: gzip made it smaller", f.name);
         assert_eq!(r.header("user-agent"), f.header("user-agent"), "{}", f.name);
         assert_eq!(r.method, "POST");
-        assert_eq!(
-            r.version,
-            http::Version::HTTP_2,
-            "{}: HTTP/2 negotiated by ALPN",
-            f.name
-        );
+        assert_eq!(r.version, http::Version::HTTP_2, "{}: HTTP/2 negotiated by ALPN", f.name);
         if f.name.contains("store") {
-            assert_eq!(
-                r.header("content-type"),
-                Some("application/json"),
-                "{}",
-                f.name
-            );
+            assert_eq!(r.header("content-type"), Some("application/json"), "{}", f.name);
         } else {
-            assert_eq!(
-                r.header("content-type"),
-                f.header("content-type"),
-                "{}",
-                f.name
-            );
+            assert_eq!(r.header("content-type"), f.header("content-type"), "{}", f.name);
         }
     }
-    assert_eq!(
-        distinct_conns(&got),
-        1,
-        "all requests multiplexed over one TLS connection"
-    );
+    assert_eq!(distinct_conns(&got), 1, "all requests multiplexed over one TLS connection");
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     sidecar.shutdown().await;
 }
@@ -110,13 +62,9 @@ fn expected_body(f: &Fixture) -> Vec<u8> {
     if f.name.starts_with("10_") {
         use base64::Engine;
         use std::io::Read;
-        let z = base64::engine::general_purpose::STANDARD
-            .decode(&decoded)
-            .unwrap();
+        let z = base64::engine::general_purpose::STANDARD.decode(&decoded).unwrap();
         let mut out = Vec::new();
-        flate2::read::ZlibDecoder::new(&z[..])
-            .read_to_end(&mut out)
-            .unwrap();
+        flate2::read::ZlibDecoder::new(&z[..]).read_to_end(&mut out).unwrap();
         return out;
     }
     decoded
@@ -130,26 +78,16 @@ async fn attachments_survive_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
     let f = load_fixture("04_sdk_error_attachments");
-    assert_eq!(
-        raw(sidecar.local_addr(), &f.wire(sidecar.local_addr()))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(raw(sidecar.local_addr(), &f.wire(sidecar.local_addr())).await.status, 200);
     let got = up.wait_for(1, 10).await;
     let env = sentry_sidecar::protocol::Envelope::parse(got[0].body.clone()).unwrap();
-    let original =
-        sentry_sidecar::protocol::Envelope::parse(bytes::Bytes::from(f.decoded())).unwrap();
+    let original = sentry_sidecar::protocol::Envelope::parse(bytes::Bytes::from(f.decoded())).unwrap();
     assert_eq!(env.items.len(), 3);
     for (a, b) in env.items.iter().zip(&original.items) {
         assert_eq!(a.ty, b.ty);
         assert_eq!(env.payload(a), original.payload(b));
     }
-    let binary = env
-        .items
-        .iter()
-        .find(|i| i.payload.len() == 2103)
-        .expect("the 2103-byte attachment");
+    let binary = env.items.iter().find(|i| i.payload.len() == 2103).expect("the 2103-byte attachment");
     assert!(env.payload(binary).contains(&0u8));
     sidecar.shutdown().await;
 }
@@ -165,11 +103,8 @@ async fn http1_upstream_keeps_connections_bounded() {
     let addr = sidecar.local_addr();
     let mut tasks = Vec::new();
     for i in 0..60 {
-        tasks.push(tokio::spawn(async move {
-            post_envelope(addr, &error_envelope(&format!("h1-{i}")).1)
-                .await
-                .status
-        }));
+        tasks
+            .push(tokio::spawn(async move { post_envelope(addr, &error_envelope(&format!("h1-{i}")).1).await.status }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
@@ -177,10 +112,7 @@ async fn http1_upstream_keeps_connections_bounded() {
     let got = up.wait_for(60, 20).await;
     assert!(got.iter().all(|r| r.version == http::Version::HTTP_11));
     let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        conns <= 2,
-        "HTTP/1.1 upstream used {conns} connections, limit is 2"
-    );
+    assert!(conns <= 2, "HTTP/1.1 upstream used {conns} connections, limit is 2");
     sidecar.shutdown().await;
 }
 
@@ -191,23 +123,14 @@ async fn per_project_routes_pick_their_upstream() {
     let project7_up = Upstream::start(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = upstream_config(dir.path(), &pki, &default_up);
-    cfg.routes = vec![sentry_sidecar::config::RouteRule {
-        project: Some(7),
-        key: None,
-        upstream: project7_up.url(),
-    }];
+    cfg.routes = vec![sentry_sidecar::config::RouteRule { project: Some(7), key: None, upstream: project7_up.url() }];
     let sidecar = start(cfg).await;
     let addr = sidecar.local_addr();
     let (k, v) = auth_header();
     let (_, body) = error_envelope("for-7");
     let r = request(addr, "POST", "/api/7/envelope/", &[(k, &v)], &body).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        post_envelope(addr, &error_envelope("for-42").1)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(post_envelope(addr, &error_envelope("for-42").1).await.status, 200);
     let seven = project7_up.wait_for(1, 10).await;
     let default = default_up.wait_for(1, 10).await;
     assert_eq!(seven[0].path, "/api/7/envelope/");

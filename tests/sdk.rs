@@ -22,10 +22,7 @@ fn ensure_sdks() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/install.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .expect("bash runs");
+        let out = Command::new("bash").arg(script).output().expect("bash runs");
         assert!(
             out.status.success(),
             "installing the SDK peers failed (needs PyPI and npm):\n{}",
@@ -41,11 +38,7 @@ async fn run(cmd: Command) -> String {
     })
     .await
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "SDK process failed: {text}");
     text
 }
@@ -105,9 +98,7 @@ async fn python_node_and_raven_sdks_reach_the_upstream_intact() {
     let script = dir.path().join("app.js");
     std::fs::write(&script, NODE_SDK).unwrap();
     let mut node = Command::new("node");
-    node.env("NODE_PATH", sdk_dir().join("node/node_modules"))
-        .arg(&script)
-        .args([&dsn, "marker-node-sdk"]);
+    node.env("NODE_PATH", sdk_dir().join("node/node_modules")).arg(&script).args([&dsn, "marker-node-sdk"]);
     run(node).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -115,17 +106,10 @@ async fn python_node_and_raven_sdks_reach_the_upstream_intact() {
         let up = &up;
         async move {
             loop {
-                if let Some(r) = up
-                    .received()
-                    .into_iter()
-                    .find(|r| contains(&r.body, marker))
-                {
+                if let Some(r) = up.received().into_iter().find(|r| contains(&r.body, marker)) {
                     return r;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{marker} never arrived upstream"
-                );
+                assert!(tokio::time::Instant::now() < deadline, "{marker} never arrived upstream");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -133,14 +117,8 @@ async fn python_node_and_raven_sdks_reach_the_upstream_intact() {
 
     let r = find("marker-python-sdk").await;
     assert_eq!(r.path, "/api/42/envelope/");
-    assert!(r
-        .header("x-sentry-auth")
-        .unwrap()
-        .contains(&format!("sentry_key={KEY}")));
-    assert!(r
-        .header("x-sentry-auth")
-        .unwrap()
-        .contains("sentry.python/"));
+    assert!(r.header("x-sentry-auth").unwrap().contains(&format!("sentry_key={KEY}")));
+    assert!(r.header("x-sentry-auth").unwrap().contains("sentry.python/"));
     let env = sentry_sidecar::protocol::Envelope::parse(r.body.clone()).expect("a valid envelope");
     assert_eq!(env.items[0].ty.name(), "event");
     let exc = up
@@ -149,30 +127,17 @@ async fn python_node_and_raven_sdks_reach_the_upstream_intact() {
         .find(|r| contains(&r.body, "ZeroDivisionError"))
         .expect("the exception event arrived too");
     assert!(contains(&exc.body, "\"stacktrace\""));
-    assert!(
-        !py_log.contains("Unexpected status code"),
-        "the SDK saw no error: {py_log}"
-    );
+    assert!(!py_log.contains("Unexpected status code"), "the SDK saw no error: {py_log}");
 
     let r = find("marker-raven").await;
     assert_eq!(r.path, "/api/42/store/");
     assert!(r.header("x-sentry-auth").unwrap().contains("raven-python/"));
-    let ev: serde_json::Value =
-        serde_json::from_slice(&r.body).expect("raven's zlib body arrives as the event JSON");
+    let ev: serde_json::Value = serde_json::from_slice(&r.body).expect("raven's zlib body arrives as the event JSON");
     assert_eq!(ev["message"], "marker-raven");
 
     let r = find("marker-node-sdk").await;
-    assert!(
-        r.path.starts_with(&format!(
-            "/api/42/envelope/?sentry_version=7&sentry_key={KEY}"
-        )),
-        "{}",
-        r.path
-    );
-    assert!(r
-        .header("user-agent")
-        .unwrap()
-        .starts_with("sentry.javascript.node/"));
+    assert!(r.path.starts_with(&format!("/api/42/envelope/?sentry_version=7&sentry_key={KEY}")), "{}", r.path);
+    assert!(r.header("user-agent").unwrap().starts_with("sentry.javascript.node/"));
     let env = sentry_sidecar::protocol::Envelope::parse(r.body.clone()).unwrap();
     assert!(env.items.iter().any(|i| i.ty.name() == "event"));
 
@@ -195,20 +160,13 @@ async fn python_sdk_in_capture_mode() {
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if text.contains("marker-captured") {
-            let line: serde_json::Value = serde_json::from_str(
-                text.lines()
-                    .find(|l| l.contains("marker-captured"))
-                    .unwrap(),
-            )
-            .unwrap();
+            let line: serde_json::Value =
+                serde_json::from_str(text.lines().find(|l| l.contains("marker-captured")).unwrap()).unwrap();
             assert_eq!(line["project"], 42);
             assert_eq!(line["public_key"], KEY);
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not captured: {text}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "not captured: {text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sidecar.shutdown().await;

@@ -22,7 +22,8 @@ async fn tunnel_forwards_allowed_dsns_only() {
     let id = "9ec79c33ec9942ab8353589fcb2e04dc";
     let replay = b"\x00\x01binary\n\xff";
     let body = [
-        format!("{{\"event_id\":\"{id}\",\"dsn\":\"{allowed}\",\"sent_at\":\"2026-11-26T04:49:13.358Z\"}}\n").into_bytes(),
+        format!("{{\"event_id\":\"{id}\",\"dsn\":\"{allowed}\",\"sent_at\":\"2026-11-26T04:49:13.358Z\"}}\n")
+            .into_bytes(),
         format!("{{\"type\":\"replay_recording\",\"length\":{}}}\n", replay.len()).into_bytes(),
         replay.to_vec(),
         b"\n{\"type\":\"event\"}\n{\"message\":\"from the browser\"}".to_vec(),
@@ -41,52 +42,27 @@ async fn tunnel_forwards_allowed_dsns_only() {
 
     let got = up.wait_for(1, 10).await;
     let g = &got[0];
-    assert_eq!(
-        &g.body[..],
-        &body[..],
-        "tunnel forwards the body byte for byte"
-    );
-    assert_eq!(
-        g.path,
-        format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7")
-    );
+    assert_eq!(&g.body[..], &body[..], "tunnel forwards the body byte for byte");
+    assert_eq!(g.path, format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7"));
     assert_eq!(g.header("x-sentry-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(g.header("origin"), Some("https://app.example"));
     assert_eq!(g.header("referer"), Some("https://app.example/page"));
     assert_eq!(g.header("user-agent"), Some("Mozilla/5.0 test"));
-    assert_eq!(
-        g.header("content-type"),
-        Some("application/x-sentry-envelope")
-    );
+    assert_eq!(g.header("content-type"), Some("application/x-sentry-envelope"));
 
     // Another host, another project, no dsn, garbage dsn: refused, nothing forwarded.
     for (dsn, status) in [
         (format!("https://{KEY}@evil.example/42"), 403),
-        (
-            format!("https://{KEY}@127.0.0.1:{}/43", up.addr.port()),
-            403,
-        ),
+        (format!("https://{KEY}@127.0.0.1:{}/43", up.addr.port()), 403),
         (format!("https://{KEY}@127.0.0.1:1/42"), 403),
         ("not a dsn".to_string(), 400),
     ] {
         let b = format!("{{\"dsn\":\"{dsn}\"}}\n{{\"type\":\"event\"}}\n{{}}");
         let r = request(addr, "POST", "/monitoring", &[], b.as_bytes()).await;
-        assert_eq!(
-            r.status,
-            status,
-            "{dsn}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_eq!(r.status, status, "{dsn}: {}", String::from_utf8_lossy(&r.body));
         assert!(r.json()["detail"].is_string());
     }
-    let r = request(
-        addr,
-        "POST",
-        "/monitoring",
-        &[],
-        b"{}\n{\"type\":\"event\"}\n{}",
-    )
-    .await;
+    let r = request(addr, "POST", "/monitoring", &[], b"{}\n{\"type\":\"event\"}\n{}").await;
     assert_eq!(r.status, 400, "no dsn");
     let r = request(addr, "GET", "/monitoring", &[], b"").await;
     assert_eq!(r.status, 405);
@@ -95,10 +71,6 @@ async fn tunnel_forwards_allowed_dsns_only() {
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(
-        up.attempts.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "refused envelopes never reach any upstream"
-    );
+    assert_eq!(up.attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "refused envelopes never reach any upstream");
     sidecar.shutdown().await;
 }

@@ -23,11 +23,7 @@ mod tests {
             let d = backoff(attempt, i, m);
             let ceiling = i.saturating_mul(1 << attempt.min(20)).min(m);
             assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
-            assert!(
-                d >= ceiling / 2,
-                "attempt {attempt}: {d:?} < {:?}",
-                ceiling / 2
-            );
+            assert!(d >= ceiling / 2, "attempt {attempt}: {d:?} < {:?}", ceiling / 2);
         }
         assert!(backoff(100, i, m) <= m);
     }
@@ -35,9 +31,7 @@ mod tests {
     #[test]
     fn jitter_spreads() {
         let i = Duration::from_secs(1);
-        let samples: std::collections::HashSet<_> = (0..50)
-            .map(|_| backoff(3, i, Duration::from_secs(60)))
-            .collect();
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(3, i, Duration::from_secs(60))).collect();
         assert!(samples.len() > 10);
     }
 }

@@ -1,17 +1,25 @@
 //! The pump from the spool to the upstreams.
 //!
-//! One loop leases due records in batches, runs each delivery as a task (bounded by the number of
-//! free slots), and settles the results in batches: delivered or rejected-for-good records are
-//! acked, everything else is rescheduled with backoff or for the rate limit's `Retry-After`.
+//! One loop leases due records in batches, runs each delivery as a task (bounded by free slots and,
+//! while a backlog drains after an outage, by a token bucket), and settles the results in batches:
+//! delivered or dropped records are acked, everything else is rescheduled.
 //!
-//! Each upstream has a [`Limiter`]. It starts with a single slot, so the first request opens one
-//! connection and learns by ALPN whether the upstream speaks HTTP/2; only then does it widen, to
-//! `h2_concurrency` streams over that one connection, or to `h1_connections` keep-alive
-//! connections. The same single-slot probe is how a failing upstream is approached.
+//! Before a record is sent, two gates apply:
+//! - the rate-limit table ([`RateLimits`]): if every data category of the record is limited, it is
+//!   held until the limit ends (or dropped, by policy), without an upstream request;
+//! - the upstream's circuit: after `circuit_grace` of nothing but transient failures, sending
+//!   stops; one record at a time probes the upstream with capped, jittered backoff, and the first
+//!   real answer closes the circuit, releases the held records and starts a paced drain.
+//!
+//! Each upstream also starts with a single slot, so the first request opens one connection and
+//! learns by ALPN whether the upstream speaks HTTP/2; only then does it widen, to `h2_concurrency`
+//! streams over that one connection, or `h1_connections` keep-alive connections.
 
 mod backoff;
+pub mod rate_limits;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -20,10 +28,12 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use backoff::backoff;
+pub use rate_limits::{RateLimits, Scoping};
 
 use crate::capture::Capture;
-use crate::config::{Config, UpstreamUrl};
-use crate::spool::{now_ms, Queued, Spool, Target};
+use crate::config::{Config, RateLimitPolicy, UpstreamUrl};
+use crate::spool::report::{self, DropReason, Dropped};
+use crate::spool::{now_ms, Queued, Reschedule, Spool, Target};
 use crate::telemetry as t;
 use crate::upstream::{Outcome, UpstreamClient};
 
@@ -40,10 +50,18 @@ pub struct DispatchConfig {
     pub h1_connections: usize,
     /// First retry delay.
     pub retry_initial: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay (and probe interval).
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_timeout: Duration,
+    /// What rate-limited records do.
+    pub rate_limit_policy: RateLimitPolicy,
+    /// Longest hold for a rate limit.
+    pub max_hold: Duration,
+    /// Envelopes per second while draining a backlog (0 = unpaced).
+    pub drain_rate: u32,
+    /// Transient failures for this long open the circuit.
+    pub circuit_grace: Duration,
 }
 
 impl DispatchConfig {
@@ -57,40 +75,166 @@ impl DispatchConfig {
             retry_initial: c.retry_initial,
             retry_max: c.retry_max,
             shutdown_timeout: c.shutdown_timeout,
+            rate_limit_policy: c.rate_limit_policy,
+            max_hold: c.max_hold,
+            drain_rate: c.drain_rate,
+            circuit_grace: c.circuit_grace,
         }
     }
 }
 
-/// Per-upstream concurrency: one slot until the upstream has answered once, then widened.
-struct Limiter {
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
+
+#[derive(Default)]
+struct Circuit {
+    failing_since: Option<u64>,
+    open: bool,
+    probe_at: u64,
+    probe_attempt: u32,
+    probing: bool,
+    held: Vec<u64>,
+}
+
+enum Admit {
+    Send,
+    Hold(u64),
+}
+
+/// Per-upstream state: concurrency slots and the circuit.
+struct UpstreamState {
+    name: UpstreamUrl,
     slots: Semaphore,
-    widened: std::sync::atomic::AtomicBool,
+    widened: AtomicBool,
+    circuit: Mutex<Circuit>,
 }
 
-impl Limiter {
-    fn new() -> Limiter {
-        Limiter {
-            slots: Semaphore::new(1),
-            widened: std::sync::atomic::AtomicBool::new(false),
-        }
+impl UpstreamState {
+    fn new(name: UpstreamUrl) -> UpstreamState {
+        UpstreamState { name, slots: Semaphore::new(1), widened: AtomicBool::new(false), circuit: Mutex::default() }
     }
 
-    fn observe(&self, version: http::Version, cfg: &DispatchConfig) {
-        if !self.widened.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            let width = if version == http::Version::HTTP_2 {
-                cfg.h2_concurrency
-            } else {
-                cfg.h1_connections
-            };
+    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn widen(&self, version: http::Version, cfg: &DispatchConfig) {
+        if !self.widened.swap(true, Ordering::AcqRel) {
+            let width = if version == http::Version::HTTP_2 { cfg.h2_concurrency } else { cfg.h1_connections };
             self.slots.add_permits(width.saturating_sub(1));
         }
+    }
+
+    fn admit(&self, id: u64, now: u64, cfg: &DispatchConfig) -> Admit {
+        let mut c = self.circuit();
+        if !c.open {
+            return Admit::Send;
+        }
+        if c.probing || now < c.probe_at {
+            c.held.push(id);
+            return Admit::Hold(c.probe_at.max(now + ms(cfg.retry_initial)));
+        }
+        c.probing = true;
+        Admit::Send
+    }
+
+    /// Feeds an attempt's result to the circuit; returns the held records to release if it closed.
+    fn observe(&self, transient: bool, now: u64, cfg: &DispatchConfig) -> Option<Vec<u64>> {
+        let mut c = self.circuit();
+        if !transient {
+            c.failing_since = None;
+            if c.open {
+                c.open = false;
+                c.probing = false;
+                c.probe_attempt = 0;
+                gauge!(t::CIRCUIT_OPEN, "upstream" => self.name.as_str().to_owned()).set(0.0);
+                tracing::info!(
+                    upstream = self.name.as_str(),
+                    "upstream answers again; circuit closed, draining the backlog"
+                );
+                return Some(std::mem::take(&mut c.held));
+            }
+            return None;
+        }
+        if c.open {
+            c.probing = false;
+            c.probe_attempt = c.probe_attempt.saturating_add(1);
+            c.probe_at = now + ms(backoff(c.probe_attempt, cfg.retry_initial, cfg.retry_max));
+            return None;
+        }
+        let since = *c.failing_since.get_or_insert(now);
+        if now.saturating_sub(since) >= ms(cfg.circuit_grace) {
+            c.open = true;
+            c.probe_attempt = 0;
+            c.probe_at = now + ms(backoff(0, cfg.retry_initial, cfg.retry_max));
+            gauge!(t::CIRCUIT_OPEN, "upstream" => self.name.as_str().to_owned()).set(1.0);
+            tracing::warn!(
+                upstream = self.name.as_str(),
+                failing_for_ms = now - since,
+                "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
+            );
+        }
+        None
+    }
+
+    fn is_open(&self) -> bool {
+        self.circuit().open
+    }
+}
+
+/// Paces sends while a backlog drains after an outage (or at start with a backlog).
+struct Pacer {
+    rate: u32,
+    active: bool,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Pacer {
+    fn new(rate: u32) -> Pacer {
+        Pacer { rate, active: false, tokens: 0.0, last: std::time::Instant::now() }
+    }
+
+    fn start(&mut self) {
+        if self.rate > 0 && !self.active {
+            self.active = true;
+            self.tokens = 0.0;
+            self.last = std::time::Instant::now();
+        }
+    }
+
+    /// How many sends may start now (usize::MAX when unpaced).
+    fn available(&mut self) -> usize {
+        if !self.active {
+            return usize::MAX;
+        }
+        let now = std::time::Instant::now();
+        let burst = (f64::from(self.rate) / 10.0).max(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * f64::from(self.rate)).min(burst);
+        self.last = now;
+        self.tokens.floor() as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        if self.active {
+            self.tokens -= n as f64;
+        }
+    }
+
+    fn next_token(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1)))
     }
 }
 
 /// What a finished delivery asks of the spool.
 enum Settle {
+    /// Delivered, or rejected for good: remove.
     Ack(u64),
-    Retry(u64, u64),
+    /// Try again at this time; `bool`: counts as a failed attempt.
+    Retry(u64, u64, bool),
+    /// Dropped by the sidecar's policy: remove, count and report.
+    Drop(u64, Box<Dropped>),
 }
 
 /// The dispatcher.
@@ -98,7 +242,9 @@ pub struct Dispatcher {
     spool: Arc<dyn Spool>,
     client: Option<Arc<UpstreamClient>>,
     capture: Arc<Capture>,
-    limiters: DashMap<UpstreamUrl, Arc<Limiter>>,
+    upstreams: DashMap<UpstreamUrl, Arc<UpstreamState>>,
+    limits: Arc<RateLimits>,
+    recovered: AtomicBool,
     cfg: DispatchConfig,
 }
 
@@ -108,15 +254,10 @@ impl Dispatcher {
         spool: Arc<dyn Spool>,
         client: Option<Arc<UpstreamClient>>,
         capture: Arc<Capture>,
+        limits: Arc<RateLimits>,
         cfg: DispatchConfig,
     ) -> Dispatcher {
-        Dispatcher {
-            spool,
-            client,
-            capture,
-            limiters: DashMap::new(),
-            cfg,
-        }
+        Dispatcher { spool, client, capture, upstreams: DashMap::new(), limits, recovered: AtomicBool::new(false), cfg }
     }
 
     /// Runs until `shutdown` turns true, then waits up to the shutdown timeout for deliveries in
@@ -124,30 +265,58 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let notify = self.spool.notify();
         let mut tasks: JoinSet<Settle> = JoinSet::new();
+        let mut pacer = Pacer::new(self.cfg.drain_rate);
+        if self.spool.len() as usize > self.cfg.batch_size {
+            pacer.start();
+        }
+        let mut last_prune = now_ms();
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let room = self
-                .cfg
-                .max_in_flight
-                .saturating_sub(tasks.len())
-                .min(self.cfg.batch_size);
-            if room > 0 {
-                match self.spool.read_batch(room, 8 * 1024 * 1024, now_ms()).await {
+            if self.recovered.swap(false, Ordering::AcqRel) {
+                pacer.start();
+            }
+            if pacer.active && self.spool.len() as usize <= self.cfg.batch_size {
+                pacer.active = false;
+            }
+            let room = self.cfg.max_in_flight.saturating_sub(tasks.len()).min(self.cfg.batch_size);
+            let allowed = room.min(pacer.available());
+            let mut wait = None;
+            if allowed > 0 {
+                match self.spool.read_batch(allowed, 8 * 1024 * 1024, now_ms()).await {
                     Ok(batch) => {
+                        pacer.spend(batch.len());
+                        let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
                         for q in batch {
                             tasks.spawn(self.clone().deliver(q));
                         }
+                        if all_blocked {
+                            // Everything due is waiting on an open circuit: stop reading until
+                            // the probe answers or the next probe time, instead of churning.
+                            wait = Some(self.cfg.retry_initial);
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "spool read failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "spool read failed");
+                        wait = Some(Duration::from_millis(200));
+                    }
                 }
+            } else if room > 0 {
+                wait = Some(pacer.next_token());
             }
-            let wait = match self.spool.next_due(now_ms()) {
-                Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(1)),
+            let now = now_ms();
+            if now.saturating_sub(last_prune) > 60_000 {
+                self.limits.prune(now);
+                last_prune = now;
+            }
+            let wait = wait.unwrap_or_else(|| match self.spool.next_due(now) {
+                Some(due) => Duration::from_millis(due.saturating_sub(now).max(1)),
                 None => Duration::from_secs(3600),
-            };
+            });
+            let reading_paused =
+                allowed == 0 || wait < Duration::from_secs(3600) && tasks.len() >= self.cfg.max_in_flight;
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     let mut settled = vec![done];
@@ -156,8 +325,8 @@ impl Dispatcher {
                     }
                     self.settle(settled).await;
                 }
-                _ = &mut notified, if tasks.len() < self.cfg.max_in_flight => {}
-                _ = tokio::time::sleep(wait), if tasks.len() < self.cfg.max_in_flight => {}
+                _ = &mut notified, if !reading_paused => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => break,
             }
         }
@@ -180,13 +349,26 @@ impl Dispatcher {
         self.settle(settled).await;
     }
 
+    fn is_blocked(&self, q: &Queued) -> bool {
+        match &q.record.target {
+            Target::Upstream(u) => self.upstreams.get(u).is_some_and(|s| s.is_open()),
+            Target::Capture => false,
+        }
+    }
+
     async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) {
         let mut acks = Vec::new();
         let mut retries = Vec::new();
+        let mut drops = Vec::new();
+        let now = now_ms();
         for d in done {
             match d {
                 Ok(Settle::Ack(id)) => acks.push(id),
-                Ok(Settle::Retry(id, at)) => retries.push((id, at)),
+                Ok(Settle::Retry(id, due_ms, count_attempt)) => retries.push(Reschedule { id, due_ms, count_attempt }),
+                Ok(Settle::Drop(id, dropped)) => {
+                    acks.push(id);
+                    drops.push(*dropped);
+                }
                 // A delivery task cannot panic on input; if one did, its record stays leased until
                 // restart rather than being lost.
                 Err(e) => tracing::error!(error = %e, "delivery task failed"),
@@ -202,18 +384,21 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "spool reschedule failed");
             }
         }
+        let reports = report::account(&drops, now);
+        if !reports.is_empty() {
+            if let Err(e) = self.spool.append(reports).await {
+                tracing::warn!(error = %e, "could not queue client reports");
+            }
+        }
         gauge!(t::SPOOL_ENVELOPES).set(self.spool.len() as f64);
         gauge!(t::SPOOL_BYTES).set(self.spool.bytes() as f64);
     }
 
-    fn limiter(&self, url: &UpstreamUrl) -> Arc<Limiter> {
-        if let Some(l) = self.limiters.get(url) {
+    fn upstream(&self, url: &UpstreamUrl) -> Arc<UpstreamState> {
+        if let Some(l) = self.upstreams.get(url) {
             return l.clone();
         }
-        self.limiters
-            .entry(url.clone())
-            .or_insert_with(|| Arc::new(Limiter::new()))
-            .clone()
+        self.upstreams.entry(url.clone()).or_insert_with(|| Arc::new(UpstreamState::new(url.clone()))).clone()
     }
 
     async fn deliver(self: Arc<Self>, q: Queued) -> Settle {
@@ -238,31 +423,44 @@ impl Dispatcher {
             // never drop data over it.
             return self.retry(&q, "transient", None);
         };
-        let limiter = self.limiter(url);
-        let Ok(_slot) = limiter.slots.acquire().await else {
+        let now = now_ms();
+        let scoping = Scoping { upstream: url, project: rec.project_id, key: &rec.public_key };
+        if let Some(until) = self.limits.blocked_until(scoping, rec.categories, now) {
+            return self.rate_limited(&q, until, now);
+        }
+        let state = self.upstream(url);
+        if let Admit::Hold(until) = state.admit(q.id, now, &self.cfg) {
+            return Settle::Retry(q.id, until, false);
+        }
+        let Ok(_slot) = state.slots.acquire().await else {
             return self.retry(&q, "transient", None);
         };
         gauge!(t::IN_FLIGHT).increment(1.0);
         let started = std::time::Instant::now();
-        let attempt = client.send(url, rec, &rec.body).await;
+        let elapsed = Duration::from_millis(now_ms().saturating_sub(rec.received_ms));
+        let attempt = client.send(url, rec, elapsed).await;
         gauge!(t::IN_FLIGHT).decrement(1.0);
         histogram!(t::UPSTREAM_LATENCY).record(started.elapsed().as_secs_f64());
         counter!(t::UPSTREAM_BYTES).increment(attempt.sent_bytes as u64);
         if let Some(v) = attempt.version {
-            limiter.observe(v, &self.cfg);
+            state.widen(v, &self.cfg);
         }
-        match attempt.outcome {
-            Outcome::Delivered { .. } => {
+        let now = now_ms();
+        let transient = matches!(attempt.outcome, Outcome::Transient { .. });
+        let released = state.observe(transient, now, &self.cfg);
+        let settle = match attempt.outcome {
+            Outcome::Delivered { limits } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "2xx").increment(1);
                 counter!(t::FORWARDED, "outcome" => "delivered").increment(1);
+                self.limits.apply(scoping, &limits, now);
                 Settle::Ack(q.id)
             }
-            Outcome::Rejected { status, detail, .. } => {
+            Outcome::Rejected { status, detail, limits } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "4xx").increment(1);
                 counter!(t::FORWARDED, "outcome" => "rejected").increment(1);
+                self.limits.apply(scoping, &limits, now);
                 for c in rec.categories.iter() {
-                    counter!(t::DROPPED, "reason" => "upstream_rejected", "category" => c.name())
-                        .increment(1);
+                    counter!(t::DROPPED, "reason" => "upstream_rejected", "category" => c.name()).increment(1);
                 }
                 tracing::warn!(
                     status,
@@ -274,35 +472,73 @@ impl Dispatcher {
                 );
                 Settle::Ack(q.id)
             }
-            Outcome::RateLimited { retry_after, .. } => {
+            Outcome::RateLimited { retry_after, limits } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "429").increment(1);
-                self.retry(&q, "rate_limited", Some(retry_after))
+                if limits.is_empty() {
+                    self.limits.apply_all(scoping, now + ms(retry_after));
+                } else {
+                    self.limits.apply(scoping, &limits, now);
+                }
+                let until = self.limits.blocked_until(scoping, rec.categories, now).unwrap_or(now + ms(retry_after));
+                tracing::info!(
+                    upstream = url.as_str(),
+                    retry_after_ms = until.saturating_sub(now),
+                    "rate limited by the upstream"
+                );
+                match self.cfg.rate_limit_policy {
+                    RateLimitPolicy::Hold if until.saturating_sub(rec.received_ms) <= ms(self.cfg.max_hold) => {
+                        counter!(t::RETRIES, "reason" => "rate_limited").increment(1);
+                        Settle::Retry(q.id, until, false)
+                    }
+                    _ => {
+                        // Sentry counted what it answered 429 to: count it here, report nothing.
+                        for c in rec.categories.iter() {
+                            counter!(t::DROPPED, "reason" => "upstream_rate_limited", "category" => c.name())
+                                .increment(1);
+                        }
+                        Settle::Ack(q.id)
+                    }
+                }
             }
             Outcome::Transient { reason } => {
-                let label = if reason.starts_with("status") {
-                    "5xx"
-                } else {
-                    "error"
-                };
+                let label = if reason.starts_with("status") { "5xx" } else { "error" };
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => label).increment(1);
-                tracing::debug!(
-                    reason,
-                    upstream = url.as_str(),
-                    attempts = q.attempts,
-                    "transient upstream failure"
-                );
+                tracing::debug!(reason, upstream = url.as_str(), attempts = q.attempts, "transient upstream failure");
                 self.retry(&q, "transient", None)
             }
+        };
+        if let Some(mut held) = released {
+            self.recovered.store(true, Ordering::Release);
+            held.retain(|i| *i != q.id);
+            if !held.is_empty() {
+                if let Err(e) = self.spool.reschedule(release(&held)).await {
+                    tracing::warn!(error = %e, "could not release held envelopes; they wait for their hold time");
+                }
+            }
+        }
+        settle
+    }
+
+    fn rate_limited(&self, q: &Queued, until: u64, now: u64) -> Settle {
+        let rec = &q.record;
+        for c in rec.categories.iter() {
+            counter!(t::RATE_LIMITED, "category" => c.name()).increment(1);
+        }
+        let within_hold = until.saturating_sub(rec.received_ms) <= ms(self.cfg.max_hold);
+        match self.cfg.rate_limit_policy {
+            RateLimitPolicy::Hold if within_hold => Settle::Retry(q.id, until.max(now + 1), false),
+            _ => Settle::Drop(q.id, Box::new(Dropped::of(rec, DropReason::RateLimited))),
         }
     }
 
     fn retry(&self, q: &Queued, reason: &'static str, after: Option<Duration>) -> Settle {
         counter!(t::RETRIES, "reason" => reason).increment(1);
-        let delay = after
-            .unwrap_or_else(|| backoff(q.attempts, self.cfg.retry_initial, self.cfg.retry_max));
-        Settle::Retry(
-            q.id,
-            now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2),
-        )
+        let delay = after.unwrap_or_else(|| backoff(q.attempts, self.cfg.retry_initial, self.cfg.retry_max));
+        Settle::Retry(q.id, now_ms() + ms(delay), true)
     }
+}
+
+fn release(ids: &[u64]) -> Vec<Reschedule> {
+    let now = now_ms();
+    ids.iter().map(|&id| Reschedule { id, due_ms: now, count_attempt: false }).collect()
 }

@@ -27,11 +27,7 @@ pub enum BodyError {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-pub async fn read(
-    body: Incoming,
-    content_length: Option<u64>,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
+pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
@@ -45,11 +41,7 @@ pub async fn read(
 /// Decodes `body` per a `Content-Encoding` value (a comma-separated list, applied in order, undone
 /// in reverse), producing at most `limit` bytes. Bodies over 64 KiB are decoded off the async
 /// threads.
-pub async fn decode(
-    encoding: Option<String>,
-    body: Bytes,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
+pub async fn decode(encoding: Option<String>, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
     let Some(enc) = encoding else { return Ok(body) };
     let codings: Vec<String> = enc
         .split(',')
@@ -83,40 +75,17 @@ fn decode_one(coding: &str, input: &[u8], limit: usize) -> Result<Bytes, BodyErr
     let mut out = Vec::with_capacity((input.len() * 4).min(limit));
     let cap = limit as u64 + 1;
     let (name, res) = match coding {
-        "gzip" | "x-gzip" => (
-            "gzip",
-            flate2::read::MultiGzDecoder::new(input)
-                .take(cap)
-                .read_to_end(&mut out),
-        ),
+        "gzip" | "x-gzip" => ("gzip", flate2::read::MultiGzDecoder::new(input).take(cap).read_to_end(&mut out)),
         "deflate" => {
             // HTTP's "deflate" is zlib (RFC 1950), but some clients send a raw deflate stream.
             if looks_like_zlib(input) {
-                (
-                    "deflate",
-                    flate2::read::ZlibDecoder::new(input)
-                        .take(cap)
-                        .read_to_end(&mut out),
-                )
+                ("deflate", flate2::read::ZlibDecoder::new(input).take(cap).read_to_end(&mut out))
             } else {
-                (
-                    "deflate",
-                    flate2::read::DeflateDecoder::new(input)
-                        .take(cap)
-                        .read_to_end(&mut out),
-                )
+                ("deflate", flate2::read::DeflateDecoder::new(input).take(cap).read_to_end(&mut out))
             }
         }
-        "br" => (
-            "br",
-            brotli_decompressor::Decompressor::new(input, 4096)
-                .take(cap)
-                .read_to_end(&mut out),
-        ),
-        "zstd" => (
-            "zstd",
-            zstd::stream::read::Decoder::new(input).and_then(|d| d.take(cap).read_to_end(&mut out)),
-        ),
+        "br" => ("br", brotli_decompressor::Decompressor::new(input, 4096).take(cap).read_to_end(&mut out)),
+        "zstd" => ("zstd", zstd::stream::read::Decoder::new(input).and_then(|d| d.take(cap).read_to_end(&mut out))),
         other => return Err(BodyError::UnsupportedEncoding(other.to_owned())),
     };
     res.map_err(|e| BodyError::Corrupt(name, e))?;
@@ -144,79 +113,30 @@ mod tests {
     #[tokio::test]
     async fn codings() {
         let data = b"hello hello hello hello".repeat(10);
-        assert_eq!(
-            decode(Some("gzip".into()), gzip(&data), 1000)
-                .await
-                .unwrap(),
-            data
-        );
+        assert_eq!(decode(Some("gzip".into()), gzip(&data), 1000).await.unwrap(), data);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&data).unwrap();
-        assert_eq!(
-            decode(
-                Some("deflate".into()),
-                Bytes::from(z.finish().unwrap()),
-                1000
-            )
-            .await
-            .unwrap(),
-            data
-        );
+        assert_eq!(decode(Some("deflate".into()), Bytes::from(z.finish().unwrap()), 1000).await.unwrap(), data);
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         d.write_all(&data).unwrap();
-        assert_eq!(
-            decode(
-                Some("deflate".into()),
-                Bytes::from(d.finish().unwrap()),
-                1000
-            )
-            .await
-            .unwrap(),
-            data
-        );
+        assert_eq!(decode(Some("deflate".into()), Bytes::from(d.finish().unwrap()), 1000).await.unwrap(), data);
         let zs = zstd::stream::encode_all(&data[..], 3).unwrap();
-        assert_eq!(
-            decode(Some("zstd".into()), Bytes::from(zs), 1000)
-                .await
-                .unwrap(),
-            data
-        );
-        assert_eq!(
-            decode(Some("UTF-8".into()), Bytes::from_static(b"x"), 10)
-                .await
-                .unwrap(),
-            "x"
-        );
-        assert_eq!(
-            decode(Some("".into()), Bytes::from_static(b"x"), 10)
-                .await
-                .unwrap(),
-            "x"
-        );
-        assert_eq!(
-            decode(None, Bytes::from_static(b"x"), 10).await.unwrap(),
-            "x"
-        );
+        assert_eq!(decode(Some("zstd".into()), Bytes::from(zs), 1000).await.unwrap(), data);
+        assert_eq!(decode(Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+        assert_eq!(decode(Some("".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+        assert_eq!(decode(None, Bytes::from_static(b"x"), 10).await.unwrap(), "x");
     }
 
     #[tokio::test]
     async fn limits_and_garbage() {
         let bomb = gzip(&vec![0u8; 1_000_000]);
-        assert!(matches!(
-            decode(Some("gzip".into()), bomb, 1000).await,
-            Err(BodyError::TooLarge(1000))
-        ));
+        assert!(matches!(decode(Some("gzip".into()), bomb, 1000).await, Err(BodyError::TooLarge(1000))));
         assert!(matches!(
             decode(Some("gzip".into()), Bytes::from_static(b"not gzip"), 1000).await,
             Err(BodyError::Corrupt("gzip", _))
         ));
         assert!(matches!(
-            decode(
-                Some("br".into()),
-                Bytes::from_static(b"\xff\xff\xff\xff"),
-                1000
-            )
-            .await,
+            decode(Some("br".into()), Bytes::from_static(b"\xff\xff\xff\xff"), 1000).await,
             Err(BodyError::Corrupt("br", _))
         ));
         assert!(matches!(

@@ -24,9 +24,8 @@ use metrics::counter;
 
 use crate::admin::Admin;
 use crate::config::{Config, UpstreamUrl};
-use crate::protocol::{
-    store, Auth, AuthError, Categories, DataCategory, Dsn, Envelope, EnvelopeError,
-};
+use crate::dispatch::{RateLimits, Scoping};
+use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Envelope, EnvelopeError};
 use crate::spool::{now_ms, Endpoint, Record, Spool, SpoolError, Target};
 use crate::telemetry as t;
 use body::BodyError;
@@ -37,15 +36,8 @@ const MAX_STORE_EVENT: usize = 1024 * 1024;
 
 /// Headers forwarded upstream as the SDK sent them. Everything else (Host, Content-Length,
 /// Content-Encoding, hop-by-hop headers) is the sidecar's own business.
-const KEEP_HEADERS: &[&str] = &[
-    "x-sentry-auth",
-    "authorization",
-    "content-type",
-    "user-agent",
-    "origin",
-    "referer",
-    "x-forwarded-for",
-];
+const KEEP_HEADERS: &[&str] =
+    &["x-sentry-auth", "authorization", "content-type", "user-agent", "origin", "referer", "x-forwarded-for"];
 
 /// A refused request: status, a reason label for metrics, and the detail for the SDK.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +46,17 @@ pub struct Refusal {
     status: StatusCode,
     reason: &'static str,
     detail: String,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
     fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            reason,
-            detail: detail.into(),
-        }
+        Refusal { status, reason, detail: detail.into(), headers: Vec::new() }
+    }
+
+    fn with_header(mut self, name: &'static str, value: String) -> Refusal {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -91,9 +85,7 @@ impl From<EnvelopeError> for Refusal {
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Refusal {
         match e {
-            AuthError::UnsupportedVersion(_) => {
-                Refusal::new(StatusCode::BAD_REQUEST, "auth", e.to_string())
-            }
+            AuthError::UnsupportedVersion(_) => Refusal::new(StatusCode::BAD_REQUEST, "auth", e.to_string()),
             _ => Refusal::new(StatusCode::UNAUTHORIZED, "auth", e.to_string()),
         }
     }
@@ -102,11 +94,7 @@ impl From<AuthError> for Refusal {
 impl From<SpoolError> for Refusal {
     fn from(e: SpoolError) -> Refusal {
         tracing::error!(error = %e, "spool append failed; answering 503");
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "spool",
-            format!("cannot queue the event now: {e}"),
-        )
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool", format!("cannot queue the event now: {e}"))
     }
 }
 
@@ -114,13 +102,14 @@ impl From<SpoolError> for Refusal {
 pub struct Ingest {
     cfg: Arc<Config>,
     spool: Arc<dyn Spool>,
+    limits: Arc<RateLimits>,
     admin: Option<Arc<Admin>>,
 }
 
 impl Ingest {
     /// An ingest handler; `admin` is set when the admin endpoints share this listener.
-    pub fn new(cfg: Arc<Config>, spool: Arc<dyn Spool>, admin: Option<Arc<Admin>>) -> Ingest {
-        Ingest { cfg, spool, admin }
+    pub fn new(cfg: Arc<Config>, spool: Arc<dyn Spool>, limits: Arc<RateLimits>, admin: Option<Arc<Admin>>) -> Ingest {
+        Ingest { cfg, spool, limits, admin }
     }
 
     async fn route(
@@ -135,33 +124,19 @@ impl Ingest {
         let api = match route::parse(path) {
             Ok(api) => api,
             Err(route::PathError::NotFound) => {
-                return (
-                    Endpoint::Other,
-                    Err(Refusal::new(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "not found",
-                    )),
-                )
+                return (Endpoint::Other, Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", "not found")))
             }
             Err(route::PathError::InvalidProject) => {
                 return (
                     Endpoint::Other,
-                    Err(Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_project",
-                        "invalid project id in path",
-                    )),
+                    Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid_project", "invalid project id in path")),
                 )
             }
         };
         let endpoint = api.endpoint;
         let project_id = api.project_id;
         let path_key = api.path_key.map(str::to_owned);
-        (
-            endpoint,
-            self.ingest(req, endpoint, project_id, path_key).await,
-        )
+        (endpoint, self.ingest(req, endpoint, project_id, path_key).await)
     }
 
     async fn ingest(
@@ -175,17 +150,11 @@ impl Ingest {
             return Ok(response::preflight());
         }
         let allowed = match endpoint {
-            Endpoint::Cron | Endpoint::Other => {
-                req.method() == Method::POST || req.method() == Method::GET
-            }
+            Endpoint::Cron | Endpoint::Other => req.method() == Method::POST || req.method() == Method::GET,
             _ => req.method() == Method::POST,
         };
         if !allowed {
-            return Err(Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                "method not allowed",
-            ));
+            return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed"));
         }
         let (parts, incoming) = req.into_parts();
         let header_auth = header_auth(&parts.headers)?;
@@ -222,19 +191,8 @@ impl Ingest {
                     _ => Refusal::new(StatusCode::BAD_REQUEST, "invalid_store", e.to_string()),
                 })?;
                 event_id = ev.event_id;
-                categories.insert(if ev.is_transaction {
-                    DataCategory::Transaction
-                } else {
-                    DataCategory::Error
-                });
-                item_types.push(
-                    if ev.is_transaction {
-                        "transaction"
-                    } else {
-                        "event"
-                    }
-                    .to_owned(),
-                );
+                categories.insert(if ev.is_transaction { DataCategory::Transaction } else { DataCategory::Error });
+                item_types.push(if ev.is_transaction { "transaction" } else { "event" }.to_owned());
                 // The body may have been base64 or octet-stream; it is JSON now.
                 headers.retain(|(k, _)| k != CONTENT_TYPE);
                 headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
@@ -244,9 +202,7 @@ impl Ingest {
                 let (cat, ty) = match other {
                     Endpoint::Minidump => (Some(DataCategory::Error), "minidump"),
                     Endpoint::Unreal => (Some(DataCategory::Error), "unreal_report"),
-                    Endpoint::Security | Endpoint::Nel => {
-                        (Some(DataCategory::Security), "security")
-                    }
+                    Endpoint::Security | Endpoint::Nel => (Some(DataCategory::Security), "security"),
                     Endpoint::Attachments => (Some(DataCategory::Attachment), "attachment"),
                     Endpoint::Cron => (Some(DataCategory::Monitor), "check_in"),
                     Endpoint::Otlp => (Some(DataCategory::Span), "otel_traces"),
@@ -266,10 +222,8 @@ impl Ingest {
         };
         let project_id = project_id.unwrap_or(0);
         let target = self.target(project_id, &public_key);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let path_and_query =
+            parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
         let record = Record {
             target,
             endpoint,
@@ -288,6 +242,9 @@ impl Ingest {
     }
 
     async fn append(&self, record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
+        if self.cfg.answer_429 {
+            self.check_rate_limit(&record)?;
+        }
         let endpoint = record.endpoint;
         let bytes = record.body.len() as u64;
         let event_id = record.event_id.clone();
@@ -298,33 +255,37 @@ impl Ingest {
     }
 
     async fn read_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Bytes, Refusal> {
-        let content_length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let content_length =
+            headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let raw = body::read(incoming, content_length, self.cfg.max_request_bytes).await?;
         let encoding = match headers.get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(
                 v.to_str()
-                    .map_err(|_| {
-                        Refusal::new(
-                            StatusCode::BAD_REQUEST,
-                            "encoding",
-                            "invalid Content-Encoding header",
-                        )
-                    })?
+                    .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "encoding", "invalid Content-Encoding header"))?
                     .to_owned(),
             ),
         };
         Ok(body::decode(encoding, raw, self.cfg.max_decoded_bytes).await?)
     }
 
+    /// With `--answer-429`: refuses a record whose categories are all rate limited upstream, with
+    /// both headers in whole seconds and Relay's category names, so the SDK backs off itself.
+    fn check_rate_limit(&self, record: &Record) -> Result<(), Refusal> {
+        let Target::Upstream(upstream) = &record.target else { return Ok(()) };
+        let now = now_ms();
+        let scoping = Scoping { upstream, project: record.project_id, key: &record.public_key };
+        let Some(until) = self.limits.blocked_until(scoping, record.categories, now) else { return Ok(()) };
+        let secs = until.saturating_sub(now).div_ceil(1000).max(1);
+        let cats: Vec<&str> = record.categories.iter().map(|c| c.name()).collect();
+        Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limited upstream; retry later")
+            .with_header("retry-after", secs.to_string())
+            .with_header("x-sentry-rate-limits", format!("{secs}:{}:key", cats.join(";"))))
+    }
+
     fn target(&self, project_id: u64, key: &str) -> Target {
         for r in &self.cfg.routes {
-            if r.project.is_none_or(|p| p == project_id)
-                && r.key.as_deref().is_none_or(|k| k == key)
-            {
+            if r.project.is_none_or(|p| p == project_id) && r.key.as_deref().is_none_or(|k| k == key) {
                 return Target::Upstream(r.upstream.clone());
             }
         }
@@ -336,50 +297,27 @@ impl Ingest {
 
     /// The browser tunnel: forwards an envelope to the DSN in its header, only if that DSN's host
     /// and project are on the allow-list (never an open proxy).
-    async fn tunnel(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<Full<Bytes>>, Refusal> {
+    async fn tunnel(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Refusal> {
         if self.cfg.tunnel_allow.is_empty() {
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "tunnel_off",
-                "the tunnel is not enabled",
-            ));
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "tunnel_off", "the tunnel is not enabled"));
         }
         if req.method() == Method::OPTIONS {
             return Ok(response::preflight());
         }
         if req.method() != Method::POST {
-            return Err(Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                "method not allowed",
-            ));
+            return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed"));
         }
         let (parts, incoming) = req.into_parts();
         let body = self.read_body(&parts.headers, incoming).await?;
         let env = Envelope::parse(body)?;
-        let dsn_str = env.dsn.as_deref().ok_or_else(|| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "tunnel_no_dsn",
-                "the envelope header has no dsn",
-            )
-        })?;
-        let dsn = Dsn::parse(dsn_str)
-            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", e.to_string()))?;
-        if !dsn
-            .public_key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "tunnel_bad_dsn",
-                "invalid public key in dsn",
-            ));
+        let dsn_str = env
+            .dsn
+            .as_deref()
+            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_no_dsn", "the envelope header has no dsn"))?;
+        let dsn =
+            Dsn::parse(dsn_str).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", e.to_string()))?;
+        if !dsn.public_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", "invalid public key in dsn"));
         }
         let allowed = self
             .cfg
@@ -391,11 +329,7 @@ impl Ingest {
                     && a.prefix == dsn.prefix
             })
             .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "tunnel_forbidden",
-                    "dsn is not allowed by this tunnel",
-                )
+                Refusal::new(StatusCode::FORBIDDEN, "tunnel_forbidden", "dsn is not allowed by this tunnel")
             })?;
         // The allow-list entry, not the client, decides scheme and host.
         let base = UpstreamUrl::parse(&allowed.base_url())
@@ -406,10 +340,7 @@ impl Ingest {
             .filter(|(k, _)| matches!(k.as_str(), "user-agent" | "origin" | "referer"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        headers.push((
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-sentry-envelope"),
-        ));
+        headers.push((CONTENT_TYPE, HeaderValue::from_static("application/x-sentry-envelope")));
         let client_ip = parts
             .headers
             .get("x-forwarded-for")
@@ -443,9 +374,7 @@ fn header_auth(headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
     for name in ["x-sentry-auth", "authorization"] {
         if let Some(v) = headers.get(name) {
             let s = v.to_str().map_err(|_| AuthError::Invalid("not ASCII"))?;
-            if name == "authorization"
-                && !s.trim_start().to_ascii_lowercase().starts_with("sentry ")
-            {
+            if name == "authorization" && !s.trim_start().to_ascii_lowercase().starts_with("sentry ") {
                 continue;
             }
             if found.is_some() {
@@ -458,18 +387,11 @@ fn header_auth(headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
 }
 
 fn kept_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    h.iter()
-        .filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    h.iter().filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 impl Handler for Ingest {
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if let Some(admin) = &self.admin {
             if let Some(r) = admin.route(req.method(), req.uri().path()) {
                 return r;
@@ -479,14 +401,20 @@ impl Handler for Ingest {
         let mut resp = match result {
             Ok(r) => r,
             Err(refusal) => {
-                counter!(t::REJECTED, "endpoint" => endpoint.name(), "reason" => refusal.reason)
-                    .increment(1);
+                counter!(t::REJECTED, "endpoint" => endpoint.name(), "reason" => refusal.reason).increment(1);
                 tracing::debug!(endpoint = endpoint.name(), status = refusal.status.as_u16(), detail = %refusal.detail, "refused");
-                response::error(refusal.status, &refusal.detail)
+                let mut r = response::error(refusal.status, &refusal.detail);
+                for (k, v) in refusal.headers {
+                    if let Ok(v) = http::HeaderValue::from_str(&v) {
+                        r.headers_mut().insert(k, v);
+                    }
+                }
+                r
             }
         };
         response::add_cors(&mut resp);
-        counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status())).increment(1);
+        counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status()))
+            .increment(1);
         resp
     }
 }

@@ -10,8 +10,7 @@ use http_body_util::Full;
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -26,11 +25,7 @@ pub fn accepted(event_id: Option<&str>) -> Response<Full<Bytes>> {
 /// An error answer with a short detail.
 pub fn error(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
     let mut r = json(status, serde_json::json!({ "detail": detail }).to_string());
-    let header: String = detail
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let header: String = detail.chars().filter(|c| !c.is_control()).take(200).collect();
     if let Ok(v) = HeaderValue::from_str(&header) {
         r.headers_mut().insert("x-sentry-error", v);
     }
@@ -51,10 +46,7 @@ pub fn add_cors(r: &mut Response<Full<Bytes>>) {
 pub fn preflight() -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     let h = r.headers_mut();
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
+    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, OPTIONS"));
     h.insert(
         "access-control-allow-headers",
         HeaderValue::from_static(

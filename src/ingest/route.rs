@@ -72,11 +72,7 @@ fn parse_after_api(rest: &str) -> Option<ApiPath<'_>> {
         ["otlp", "v1", "traces"] => (Endpoint::Otlp, None),
         _ => (Endpoint::Other, None),
     };
-    Some(ApiPath {
-        project_id: Some(project_id),
-        endpoint,
-        path_key,
-    })
+    Some(ApiPath { project_id: Some(project_id), endpoint, path_key })
 }
 
 #[cfg(test)]
@@ -92,20 +88,14 @@ mod tests {
     fn endpoints() {
         assert_eq!(ep("/api/42/envelope/"), (Some(42), Endpoint::Envelope));
         assert_eq!(ep("/api/42/envelope"), (Some(42), Endpoint::Envelope));
-        assert_eq!(
-            ep("/sentry/api/42/envelope/"),
-            (Some(42), Endpoint::Envelope)
-        );
+        assert_eq!(ep("/sentry/api/42/envelope/"), (Some(42), Endpoint::Envelope));
         assert_eq!(ep("/api/sentry/api/42/store/"), (Some(42), Endpoint::Store));
         assert_eq!(ep("/api/store/"), (None, Endpoint::Store));
         assert_eq!(ep("/api/42/minidump/"), (Some(42), Endpoint::Minidump));
         assert_eq!(ep("/api/42/csp-report/"), (Some(42), Endpoint::Security));
         assert_eq!(ep("/api/42/security/"), (Some(42), Endpoint::Security));
         assert_eq!(ep("/api/42/nel/"), (Some(42), Endpoint::Nel));
-        assert_eq!(
-            ep("/api/42/events/abc/attachments/"),
-            (Some(42), Endpoint::Attachments)
-        );
+        assert_eq!(ep("/api/42/events/abc/attachments/"), (Some(42), Endpoint::Attachments));
         assert_eq!(ep("/api/42/otlp/v1/traces/"), (Some(42), Endpoint::Otlp));
         assert_eq!(ep("/api/42/something/new/"), (Some(42), Endpoint::Other));
         let a = parse("/api/42/unreal/abc/").unwrap();

@@ -75,18 +75,13 @@ impl Categories {
 
     /// The categories in the set.
     pub fn iter(self) -> impl Iterator<Item = DataCategory> {
-        DataCategory::ALL
-            .iter()
-            .copied()
-            .filter(move |c| self.contains(*c))
+        DataCategory::ALL.iter().copied().filter(move |c| self.contains(*c))
     }
 }
 
 impl fmt::Debug for Categories {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set()
-            .entries(self.iter().map(|c| c.name()))
-            .finish()
+        f.debug_set().entries(self.iter().map(|c| c.name())).finish()
     }
 }
 
@@ -114,9 +109,7 @@ mod tests {
 
     #[test]
     fn set_operations() {
-        let s: Categories = [DataCategory::Error, DataCategory::Attachment]
-            .into_iter()
-            .collect();
+        let s: Categories = [DataCategory::Error, DataCategory::Attachment].into_iter().collect();
         assert!(s.contains(DataCategory::Error));
         assert!(!s.contains(DataCategory::Transaction));
         assert_eq!(format!("{s:?}"), r#"{"error", "attachment"}"#);

@@ -30,11 +30,7 @@ impl fmt::Debug for Dsn {
 
 impl fmt::Display for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}@{}",
-            self.scheme, self.public_key, self.authority
-        )?;
+        write!(f, "{}://{}@{}", self.scheme, self.public_key, self.authority)?;
         if !self.prefix.is_empty() {
             write!(f, "/{}", self.prefix)?;
         }
@@ -66,15 +62,11 @@ impl Dsn {
     /// Parses a DSN string.
     pub fn parse(s: &str) -> Result<Dsn, AuthError> {
         let s = s.trim();
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or(AuthError::InvalidDsn("no scheme"))?;
+        let (scheme, rest) = s.split_once("://").ok_or(AuthError::InvalidDsn("no scheme"))?;
         if scheme != "http" && scheme != "https" {
             return Err(AuthError::InvalidDsn("scheme must be http or https"));
         }
-        let (userinfo, rest) = rest
-            .split_once('@')
-            .ok_or(AuthError::InvalidDsn("no public key"))?;
+        let (userinfo, rest) = rest.split_once('@').ok_or(AuthError::InvalidDsn("no public key"))?;
         let public_key = userinfo.split(':').next().unwrap_or_default();
         if public_key.is_empty() {
             return Err(AuthError::InvalidDsn("empty public key"));
@@ -86,18 +78,12 @@ impl Dsn {
         if authority.is_empty() {
             return Err(AuthError::InvalidDsn("no host"));
         }
-        let path = path
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('/');
+        let path = path.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/');
         let (prefix, project) = match path.rfind('/') {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => ("", path),
         };
-        let project_id = project
-            .parse::<u64>()
-            .map_err(|_| AuthError::InvalidDsn("project id must be numeric"))?;
+        let project_id = project.parse::<u64>().map_err(|_| AuthError::InvalidDsn("project id must be numeric"))?;
         Ok(Dsn {
             scheme: scheme.to_owned(),
             public_key: public_key.to_owned(),
@@ -118,10 +104,7 @@ impl Dsn {
 
     /// The path of this DSN's envelope endpoint with query auth, as the browser tunnel forwards it.
     pub fn envelope_path_with_query_auth(&self) -> String {
-        format!(
-            "/api/{}/envelope/?sentry_key={}&sentry_version=7",
-            self.project_id, self.public_key
-        )
+        format!("/api/{}/envelope/?sentry_key={}&sentry_version=7", self.project_id, self.public_key)
     }
 }
 
@@ -229,10 +212,8 @@ mod tests {
 
     #[test]
     fn parses_auth_headers_like_sentry() {
-        let a = Auth::from_header(
-            "Sentry sentry_key=abc, sentry_version=7, sentry_client=sentry.python/2.75.0",
-        )
-        .unwrap();
+        let a =
+            Auth::from_header("Sentry sentry_key=abc, sentry_version=7, sentry_client=sentry.python/2.75.0").unwrap();
         assert_eq!(a.public_key, "abc");
         assert_eq!(a.client.as_deref(), Some("sentry.python/2.75.0"));
         let a = Auth::from_header(
@@ -252,11 +233,9 @@ mod tests {
 
     #[test]
     fn parses_query_auth() {
-        let a = Auth::from_query(
-            "sentry_version=7&sentry_key=abc&sentry_client=sentry.javascript.node%2F11.12.0",
-        )
-        .unwrap()
-        .unwrap();
+        let a = Auth::from_query("sentry_version=7&sentry_key=abc&sentry_client=sentry.javascript.node%2F11.12.0")
+            .unwrap()
+            .unwrap();
         assert_eq!(a.public_key, "abc");
         assert_eq!(a.client.as_deref(), Some("sentry.javascript.node/11.12.0"));
         assert_eq!(Auth::from_query("foo=bar").unwrap(), None);

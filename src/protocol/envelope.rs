@@ -189,10 +189,7 @@ struct RawItemHeader<'a> {
 }
 
 fn line_end(buf: &[u8], from: usize) -> usize {
-    buf[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(buf.len(), |i| from + i)
+    buf[from..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| from + i)
 }
 
 fn is_json_object(line: &[u8]) -> bool {
@@ -224,8 +221,8 @@ impl Envelope {
         if !is_json_object(header_line) {
             return Err(EnvelopeError::InvalidHeader("not a JSON object".into()));
         }
-        let raw: RawHeader<'_> = serde_json::from_slice(header_line)
-            .map_err(|e| EnvelopeError::InvalidHeader(e.to_string()))?;
+        let raw: RawHeader<'_> =
+            serde_json::from_slice(header_line).map_err(|e| EnvelopeError::InvalidHeader(e.to_string()))?;
         if let Some(id) = &raw.event_id {
             if !is_valid_event_id(id) {
                 return Err(EnvelopeError::InvalidEventId);
@@ -241,15 +238,11 @@ impl Envelope {
             let item_start = pos;
             let h_end = line_end(buf, pos);
             let h_line = &buf[pos..h_end];
-            let bad_header = |reason: String| EnvelopeError::InvalidItemHeader {
-                offset: item_start,
-                reason,
-            };
+            let bad_header = |reason: String| EnvelopeError::InvalidItemHeader { offset: item_start, reason };
             if !is_json_object(h_line) {
                 return Err(bad_header("not a JSON object".into()));
             }
-            let raw: RawItemHeader<'_> =
-                serde_json::from_slice(h_line).map_err(|e| bad_header(e.to_string()))?;
+            let raw: RawItemHeader<'_> = serde_json::from_slice(h_line).map_err(|e| bad_header(e.to_string()))?;
             let payload_start = (h_end + 1).min(buf.len());
             let payload = match raw.length {
                 Some(length) => {
@@ -257,10 +250,7 @@ impl Envelope {
                         .ok()
                         .and_then(|l| payload_start.checked_add(l))
                         .filter(|end| *end <= buf.len())
-                        .ok_or(EnvelopeError::LengthOverflow {
-                            offset: payload_start,
-                            length,
-                        })?;
+                        .ok_or(EnvelopeError::LengthOverflow { offset: payload_start, length })?;
                     match buf.get(end) {
                         None | Some(b'\n') => {}
                         Some(_) => return Err(EnvelopeError::MissingNewline(end)),
@@ -271,25 +261,10 @@ impl Envelope {
             };
             pos = payload.end + 1;
             let ty = ItemType::from_name(&raw.ty);
-            let ui_platform = matches!(
-                raw.platform.as_deref(),
-                Some("cocoa" | "android" | "javascript")
-            );
-            items.push(Item {
-                ty,
-                header: item_start..h_end,
-                payload,
-                ui_platform,
-            });
+            let ui_platform = matches!(raw.platform.as_deref(), Some("cocoa" | "android" | "javascript"));
+            items.push(Item { ty, header: item_start..h_end, payload, ui_platform });
         }
-        let env = Envelope {
-            bytes,
-            header: 0..header_end,
-            event_id,
-            dsn,
-            sent_at,
-            items,
-        };
+        let env = Envelope { bytes, header: 0..header_end, event_id, dsn, sent_at, items };
         env.check_rules()?;
         Ok(env)
     }
@@ -300,11 +275,7 @@ impl Envelope {
             if let Some(limit) = item.ty.size_limit() {
                 let size = item.payload.len();
                 if size > limit {
-                    return Err(EnvelopeError::ItemTooLarge {
-                        ty: item.ty.static_name(),
-                        size,
-                        limit,
-                    });
+                    return Err(EnvelopeError::ItemTooLarge { ty: item.ty.static_name(), size, limit });
                 }
             }
             if item.ty.only_once() {
@@ -356,11 +327,9 @@ pub fn item_categories(ty: &ItemType, ui_platform: bool) -> &'static [DataCatego
         ItemType::TraceMetric => &[C::TraceMetric],
         ItemType::Security | ItemType::RawSecurity => &[C::Security],
         ItemType::Statsd | ItemType::MetricBuckets => &[C::MetricBucket],
-        ItemType::ClientReport
-        | ItemType::FormData
-        | ItemType::Nel
-        | ItemType::UnrealReport
-        | ItemType::Other(_) => &[],
+        ItemType::ClientReport | ItemType::FormData | ItemType::Nel | ItemType::UnrealReport | ItemType::Other(_) => {
+            &[]
+        }
     }
 }
 
@@ -380,23 +349,14 @@ mod tests {
 {\"type\":\"event\",\"content_type\":\"application/json\",\"filename\":\"application.log\"}\n\
 {\"message\":\"hello world\",\"level\":\"error\"}\n";
         let env = parse(body).unwrap();
-        assert_eq!(
-            env.event_id.as_deref(),
-            Some("9ec79c33ec9942ab8353589fcb2e04dc")
-        );
+        assert_eq!(env.event_id.as_deref(), Some("9ec79c33ec9942ab8353589fcb2e04dc"));
         assert!(env.dsn.is_some());
         assert_eq!(env.items.len(), 2);
         assert_eq!(env.items[0].ty, ItemType::Attachment);
         assert_eq!(&env.payload(&env.items[0])[..], b"\xef\xbb\xbfHello\r\n");
         assert_eq!(env.items[1].ty, ItemType::Event);
-        assert_eq!(
-            &env.payload(&env.items[1])[..],
-            b"{\"message\":\"hello world\",\"level\":\"error\"}"
-        );
-        assert_eq!(
-            format!("{:?}", env.categories()),
-            r#"{"error", "attachment", "attachment_item"}"#
-        );
+        assert_eq!(&env.payload(&env.items[1])[..], b"{\"message\":\"hello world\",\"level\":\"error\"}");
+        assert_eq!(format!("{:?}", env.categories()), r#"{"error", "attachment", "attachment_item"}"#);
     }
 
     #[test]
@@ -406,9 +366,7 @@ mod tests {
         assert_eq!(&env.payload(&env.items[0])[..], b"{\"sid\":1}");
         let env = parse(b"{}\n{\"type\":\"attachment\",\"length\":0}").unwrap();
         assert_eq!(env.items[0].payload.len(), 0);
-        let env =
-            parse(b"{}\n{\"type\":\"attachment\",\"length\":0}\n\n{\"type\":\"attachment\"}\n\n")
-                .unwrap();
+        let env = parse(b"{}\n{\"type\":\"attachment\",\"length\":0}\n\n{\"type\":\"attachment\"}\n\n").unwrap();
         assert_eq!(env.items.len(), 2);
         let env = parse(b"{}").unwrap();
         assert!(env.items.is_empty());
@@ -418,9 +376,7 @@ mod tests {
 
     #[test]
     fn unknown_types_and_keys_are_kept() {
-        let env =
-            parse(b"{\"x\":{\"y\":1}}\n{\"type\":\"brand_new\",\"foo\":true,\"length\":3}\nabc\n")
-                .unwrap();
+        let env = parse(b"{\"x\":{\"y\":1}}\n{\"type\":\"brand_new\",\"foo\":true,\"length\":3}\nabc\n").unwrap();
         assert_eq!(env.items[0].ty, ItemType::Other("brand_new".into()));
         assert_eq!(env.items[0].ty.name(), "brand_new");
         assert!(env.categories().is_empty());
@@ -429,10 +385,7 @@ mod tests {
     #[test]
     fn dashed_and_plain_event_ids() {
         assert!(parse(b"{\"event_id\":\"c72dfba5-18ff-48fa-ae42-2b3759e7ba81\"}\n").is_ok());
-        assert_eq!(
-            parse(b"{\"event_id\":\"nope\"}\n").unwrap_err(),
-            EnvelopeError::InvalidEventId
-        );
+        assert_eq!(parse(b"{\"event_id\":\"nope\"}\n").unwrap_err(), EnvelopeError::InvalidEventId);
         assert!(is_valid_event_id("C72DFBA518FF48FAAE422B3759E7BA81"));
         assert!(!is_valid_event_id("c72dfba5-18ff-48fa-ae42-2b3759e7ba8-"));
     }
@@ -441,30 +394,12 @@ mod tests {
     fn malformed_envelopes() {
         use EnvelopeError as E;
         assert_eq!(parse(b"").unwrap_err(), E::Empty);
-        assert!(matches!(
-            parse(b"[1,2]\n").unwrap_err(),
-            E::InvalidHeader(_)
-        ));
-        assert!(matches!(
-            parse(b"{\"sent_at\":\"a\",\"sent_at\":\"b\"}").unwrap_err(),
-            E::InvalidHeader(_)
-        ));
-        assert!(matches!(
-            parse(b"{}\n{\"length\":1}\na").unwrap_err(),
-            E::InvalidItemHeader { .. }
-        ));
-        assert!(matches!(
-            parse(b"{}\nnot json\n").unwrap_err(),
-            E::InvalidItemHeader { .. }
-        ));
-        assert!(matches!(
-            parse(b"{}\n{\"type\":\"event\",\"length\":100}\n{}").unwrap_err(),
-            E::LengthOverflow { .. }
-        ));
-        assert!(matches!(
-            parse(b"{}\n{\"type\":\"attachment\",\"length\":1}\nabc").unwrap_err(),
-            E::MissingNewline(_)
-        ));
+        assert!(matches!(parse(b"[1,2]\n").unwrap_err(), E::InvalidHeader(_)));
+        assert!(matches!(parse(b"{\"sent_at\":\"a\",\"sent_at\":\"b\"}").unwrap_err(), E::InvalidHeader(_)));
+        assert!(matches!(parse(b"{}\n{\"length\":1}\na").unwrap_err(), E::InvalidItemHeader { .. }));
+        assert!(matches!(parse(b"{}\nnot json\n").unwrap_err(), E::InvalidItemHeader { .. }));
+        assert!(matches!(parse(b"{}\n{\"type\":\"event\",\"length\":100}\n{}").unwrap_err(), E::LengthOverflow { .. }));
+        assert!(matches!(parse(b"{}\n{\"type\":\"attachment\",\"length\":1}\nabc").unwrap_err(), E::MissingNewline(_)));
         assert!(matches!(
             parse(b"{}\n{\"type\":\"attachment\",\"length\":1}\na\n\n").unwrap_err(),
             E::InvalidItemHeader { .. }

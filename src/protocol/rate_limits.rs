@@ -34,10 +34,7 @@ pub struct RateLimit {
 /// Parses an `X-Sentry-Rate-Limits` value. Malformed limits, and limits whose categories are all
 /// unknown, are skipped (a partial header must not block everything).
 pub fn parse_rate_limits(value: &str) -> Vec<RateLimit> {
-    value
-        .split(',')
-        .filter_map(|limit| parse_one(limit.trim()))
-        .collect()
+    value.split(',').filter_map(|limit| parse_one(limit.trim())).collect()
 }
 
 fn parse_one(limit: &str) -> Option<RateLimit> {
@@ -52,11 +49,7 @@ fn parse_one(limit: &str) -> Option<RateLimit> {
         "key" => Scope::Key,
         _ => Scope::Organization,
     };
-    let reason = parts
-        .next()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(str::to_owned);
+    let reason = parts.next().map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
     let mut categories = Categories::EMPTY;
     if !cats_raw.is_empty() {
         let mut any_known = false;
@@ -74,12 +67,7 @@ fn parse_one(limit: &str) -> Option<RateLimit> {
             return None;
         }
     }
-    Some(RateLimit {
-        duration: Duration::from_secs_f64(secs.min(1e9)),
-        categories,
-        scope,
-        reason,
-    })
+    Some(RateLimit { duration: Duration::from_secs_f64(secs.min(1e9)), categories, scope, reason })
 }
 
 /// Parses `Retry-After`: delta seconds (possibly fractional) or an HTTP date, relative to `now`.
@@ -101,8 +89,7 @@ mod tests {
 
     #[test]
     fn protocol_example() {
-        let limits =
-            parse_rate_limits("60:transaction:key, 2700:default;error;security:organization");
+        let limits = parse_rate_limits("60:transaction:key, 2700:default;error;security:organization");
         assert_eq!(limits.len(), 2);
         assert_eq!(limits[0].duration, Duration::from_secs(60));
         assert!(limits[0].categories.contains(DataCategory::Transaction));
@@ -116,20 +103,12 @@ mod tests {
 
     #[test]
     fn fractional_empty_unknown_and_reasons() {
-        let limits = parse_rate_limits(
-            "2.5::project:quota_exceeded, 10:bogus:key, 5:bogus;error:key, x:error:key",
-        );
+        let limits = parse_rate_limits("2.5::project:quota_exceeded, 10:bogus:key, 5:bogus;error:key, x:error:key");
         assert_eq!(limits.len(), 2);
         assert_eq!(limits[0].duration, Duration::from_millis(2500));
-        assert!(
-            limits[0].categories.is_empty(),
-            "empty means all categories"
-        );
+        assert!(limits[0].categories.is_empty(), "empty means all categories");
         assert_eq!(limits[0].reason.as_deref(), Some("quota_exceeded"));
-        assert_eq!(
-            limits[1].categories,
-            [DataCategory::Error].into_iter().collect()
-        );
+        assert_eq!(limits[1].categories, [DataCategory::Error].into_iter().collect());
         assert!(parse_rate_limits("").is_empty());
         let l = parse_rate_limits("60:error:key:reason:custom");
         assert_eq!(l.len(), 1);
@@ -139,10 +118,7 @@ mod tests {
     fn retry_after_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("5", now), Some(Duration::from_secs(5)));
-        assert_eq!(
-            parse_retry_after(" 1.5 ", now),
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(parse_retry_after(" 1.5 ", now), Some(Duration::from_millis(1500)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));

@@ -55,14 +55,8 @@ pub fn decode(body: Bytes, limit: usize) -> Result<StoreEvent, StoreError> {
     let json = if first == Some(b'{') {
         body
     } else {
-        let compact: Vec<u8> = body
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        let zlib = base64::engine::general_purpose::STANDARD
-            .decode(&compact)
-            .map_err(StoreError::NotBase64)?;
+        let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        let zlib = base64::engine::general_purpose::STANDARD.decode(&compact).map_err(StoreError::NotBase64)?;
         let mut out = Vec::with_capacity(zlib.len() * 3);
         flate2::read::ZlibDecoder::new(&zlib[..])
             .take(limit as u64 + 1)
@@ -78,9 +72,7 @@ pub fn decode(body: Bytes, limit: usize) -> Result<StoreEvent, StoreError> {
     }
     let first = json.iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first != Some(b'{') {
-        return Err(StoreError::InvalidJson(serde::de::Error::custom(
-            "not a JSON object",
-        )));
+        return Err(StoreError::InvalidJson(serde::de::Error::custom("not a JSON object")));
     }
     let peek: Peek = serde_json::from_slice(&json).map_err(StoreError::InvalidJson)?;
     let event_id = match peek.event_id {
@@ -88,13 +80,8 @@ pub fn decode(body: Bytes, limit: usize) -> Result<StoreEvent, StoreError> {
         Some(serde_json::Value::String(s)) if super::envelope::is_valid_event_id(&s) => Some(s),
         Some(_) => return Err(StoreError::InvalidEventId),
     };
-    let is_transaction =
-        matches!(peek.ty, Some(serde_json::Value::String(ref t)) if t == "transaction");
-    Ok(StoreEvent {
-        json,
-        event_id,
-        is_transaction,
-    })
+    let is_transaction = matches!(peek.ty, Some(serde_json::Value::String(ref t)) if t == "transaction");
+    Ok(StoreEvent { json, event_id, is_transaction })
 }
 
 #[cfg(test)]
@@ -110,15 +97,8 @@ mod tests {
 
     #[test]
     fn plain_json() {
-        let ev = decode(
-            Bytes::from_static(b"{\"event_id\":\"0123456789abcdef0123456789abcdef\"}"),
-            1000,
-        )
-        .unwrap();
-        assert_eq!(
-            ev.event_id.as_deref(),
-            Some("0123456789abcdef0123456789abcdef")
-        );
+        let ev = decode(Bytes::from_static(b"{\"event_id\":\"0123456789abcdef0123456789abcdef\"}"), 1000).unwrap();
+        assert_eq!(ev.event_id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
         assert!(!ev.is_transaction);
     }
 
@@ -134,27 +114,12 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_bombs() {
-        assert!(matches!(
-            decode(Bytes::from_static(b"%%%"), 100),
-            Err(StoreError::NotBase64(_))
-        ));
-        assert!(matches!(
-            decode(Bytes::from_static(b"aGVsbG8="), 100),
-            Err(StoreError::NotZlib(_))
-        ));
-        assert!(matches!(
-            decode(Bytes::from_static(b"{\"a\":"), 100),
-            Err(StoreError::InvalidJson(_))
-        ));
+        assert!(matches!(decode(Bytes::from_static(b"%%%"), 100), Err(StoreError::NotBase64(_))));
+        assert!(matches!(decode(Bytes::from_static(b"aGVsbG8="), 100), Err(StoreError::NotZlib(_))));
+        assert!(matches!(decode(Bytes::from_static(b"{\"a\":"), 100), Err(StoreError::InvalidJson(_))));
         let bomb = vec![b' '; 100_000];
         let b64 = base64::engine::general_purpose::STANDARD.encode(zlib(&bomb));
-        assert!(matches!(
-            decode(Bytes::from(b64), 1000),
-            Err(StoreError::TooLarge(1000))
-        ));
-        assert!(matches!(
-            decode(Bytes::from_static(b"{\"event_id\":42}"), 100),
-            Err(StoreError::InvalidEventId)
-        ));
+        assert!(matches!(decode(Bytes::from(b64), 1000), Err(StoreError::TooLarge(1000))));
+        assert!(matches!(decode(Bytes::from_static(b"{\"event_id\":42}"), 100), Err(StoreError::InvalidEventId)));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::{BoxFuture, Queued, Record, Spool, SpoolError};
+use super::{BoxFuture, Queued, Record, Reschedule, Spool, SpoolError};
 
 #[derive(Default)]
 struct Inner {
@@ -36,6 +36,22 @@ impl MemorySpool {
         MemorySpool::default()
     }
 
+    /// A spool that wakes `notify` on appends (shared with a disk tier).
+    pub fn with_notify(notify: Arc<Notify>) -> MemorySpool {
+        MemorySpool { inner: Mutex::default(), notify }
+    }
+
+    /// Removes and returns every record, leased or not, oldest first (for spilling to disk).
+    pub fn take_all(&self) -> Vec<Record> {
+        let mut g = self.lock();
+        let mut all: Vec<(u64, Slot)> = g.records.drain().collect();
+        g.ready.clear();
+        g.delayed.clear();
+        g.bytes = 0;
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, s)| Arc::try_unwrap(s.record).unwrap_or_else(|a| (*a).clone())).collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the sets inconsistent in a way that matters
         // more than stopping the sidecar would, so keep going with the data.
@@ -51,13 +67,7 @@ impl Spool for MemorySpool {
                 g.next_id += 1;
                 let id = g.next_id;
                 g.bytes += r.body.len() as u64;
-                g.records.insert(
-                    id,
-                    Slot {
-                        record: Arc::new(r),
-                        attempts: 0,
-                    },
-                );
+                g.records.insert(id, Slot { record: Arc::new(r), attempts: 0 });
                 g.ready.insert(id);
             }
         }
@@ -86,11 +96,7 @@ impl Spool for MemorySpool {
                 let Some(id) = g.ready.pop_first() else { break };
                 if let Some(slot) = g.records.get(&id) {
                     bytes += slot.record.body.len();
-                    out.push(Queued {
-                        id,
-                        attempts: slot.attempts,
-                        record: slot.record.clone(),
-                    });
+                    out.push(Queued { id, attempts: slot.attempts, record: slot.record.clone() });
                 }
             }
         }
@@ -109,13 +115,15 @@ impl Spool for MemorySpool {
         Box::pin(async { Ok(()) })
     }
 
-    fn reschedule(&self, items: Vec<(u64, u64)>) -> BoxFuture<'_, Result<(), SpoolError>> {
+    fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>> {
         {
             let mut g = self.lock();
-            for (id, due) in items {
-                if let Some(slot) = g.records.get_mut(&id) {
-                    slot.attempts = slot.attempts.saturating_add(1);
-                    g.delayed.insert((due, id));
+            for r in items {
+                if let Some(slot) = g.records.get_mut(&r.id) {
+                    if r.count_attempt {
+                        slot.attempts = slot.attempts.saturating_add(1);
+                    }
+                    g.delayed.insert((r.due_ms, r.id));
                 }
             }
         }
@@ -133,10 +141,7 @@ impl Spool for MemorySpool {
 
     fn next_due(&self, now_ms: u64) -> Option<u64> {
         let g = self.lock();
-        g.delayed
-            .first()
-            .map(|(due, _)| *due)
-            .filter(|d| *d > now_ms)
+        g.delayed.first().map(|(due, _)| *due).filter(|d| *d > now_ms)
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -173,21 +178,16 @@ mod tests {
     #[tokio::test]
     async fn lease_ack_and_reschedule() {
         let s = MemorySpool::new();
-        s.append(vec![rec(b"a"), rec(b"bb"), rec(b"ccc")])
-            .await
-            .unwrap();
+        s.append(vec![rec(b"a"), rec(b"bb"), rec(b"ccc")]).await.unwrap();
         assert_eq!((s.len(), s.bytes()), (3, 6));
         let batch = s.read_batch(2, usize::MAX, 0).await.unwrap();
-        assert_eq!(
-            batch.iter().map(|q| &q.record.body[..]).collect::<Vec<_>>(),
-            [b"a".as_ref(), b"bb"]
-        );
+        assert_eq!(batch.iter().map(|q| &q.record.body[..]).collect::<Vec<_>>(), [b"a".as_ref(), b"bb"]);
         // Leased records are not handed out twice.
         let rest = s.read_batch(10, usize::MAX, 0).await.unwrap();
         assert_eq!(rest.len(), 1);
         assert!(s.read_batch(10, usize::MAX, 0).await.unwrap().is_empty());
         s.ack(vec![batch[0].id]).await.unwrap();
-        s.reschedule(vec![(batch[1].id, 100)]).await.unwrap();
+        s.reschedule(vec![Reschedule { id: batch[1].id, due_ms: 100, count_attempt: true }]).await.unwrap();
         assert_eq!(s.next_due(50), Some(100));
         assert!(s.read_batch(10, usize::MAX, 99).await.unwrap().is_empty());
         let again = s.read_batch(10, usize::MAX, 100).await.unwrap();

@@ -11,6 +11,9 @@
 
 mod memory;
 mod record;
+pub mod report;
+mod sqlite;
+mod tiered;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +21,8 @@ use std::sync::Arc;
 
 pub use memory::MemorySpool;
 pub use record::{Endpoint, Queued, Record, Target};
+pub use sqlite::{SqliteOptions, SqliteSpool};
+pub use tiered::TieredSpool;
 
 /// A boxed future, for the object-safe trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -25,7 +30,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    /// The spool is at its size bound and the policy refuses new data.
+    /// The spool is at its size bound and the policy refuses new data (answered 503 + Retry-After).
     #[error("spool is full")]
     Full,
     /// The disk said no (ENOSPC, EIO, ...).
@@ -52,8 +57,8 @@ pub trait Spool: Send + Sync + 'static {
     /// Removes leased records for good (delivered, or dropped and counted).
     fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>>;
 
-    /// Returns leased records to the queue, each due again at its time (unix ms), one more attempt counted.
-    fn reschedule(&self, items: Vec<(u64, u64)>) -> BoxFuture<'_, Result<(), SpoolError>>;
+    /// Returns leased records to the queue, each due again at its time.
+    fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>>;
 
     /// Records waiting or leased.
     fn len(&self) -> u64;
@@ -74,6 +79,40 @@ pub trait Spool: Send + Sync + 'static {
 
     /// Whether appends can succeed right now (for /readyz).
     fn writable(&self) -> Result<(), String>;
+
+    /// Flushes and closes: leased records become waiting again for the next start.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A leased record going back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reschedule {
+    /// The record.
+    pub id: u64,
+    /// When it is due again (unix ms).
+    pub due_ms: u64,
+    /// Whether this counts as a failed attempt (a rate-limit or circuit hold does not).
+    pub count_attempt: bool,
+}
+
+/// Opens the spool the configuration asks for.
+pub fn open(cfg: &crate::config::Config) -> Result<std::sync::Arc<dyn Spool>, SpoolError> {
+    let opts = SqliteOptions {
+        dir: cfg.spool_dir.clone(),
+        durability: cfg.durability,
+        max_bytes: cfg.spool_max_bytes,
+        max_age: cfg.spool_max_age,
+        full_policy: cfg.spool_full_policy,
+        order: cfg.delivery_order,
+        inline_limit: 1024 * 1024,
+        max_page_count: None,
+    };
+    Ok(match cfg.durability {
+        crate::config::Durability::Memory => std::sync::Arc::new(TieredSpool::open(opts, cfg.memory_spool_bytes)?),
+        _ => std::sync::Arc::new(SqliteSpool::open(opts)?),
+    })
 }
 
 /// Milliseconds since the Unix epoch, the spool's clock.

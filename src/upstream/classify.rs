@@ -56,20 +56,12 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Out
                 .and_then(|v| parse_retry_after(v, now))
                 .or_else(|| limits.iter().map(|l| l.duration).max())
                 .unwrap_or(Duration::from_secs(60));
-            Outcome::RateLimited {
-                retry_after,
-                limits,
-            }
+            Outcome::RateLimited { retry_after, limits }
         }
-        408 | 500..=599 => Outcome::Transient {
-            reason: format!("status {code}"),
-        },
+        408 | 500..=599 => Outcome::Transient { reason: format!("status {code}") },
         _ => Outcome::Rejected {
             status: code,
-            detail: headers
-                .get("x-sentry-error")
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(200).collect()),
+            detail: headers.get("x-sentry-error").and_then(|v| v.to_str().ok()).map(|s| s.chars().take(200).collect()),
             limits,
         },
     }
@@ -90,28 +82,14 @@ mod tests {
     #[test]
     fn every_class() {
         let now = SystemTime::now();
-        assert!(matches!(
-            classify(StatusCode::OK, &h(&[]), now),
-            Outcome::Delivered { .. }
-        ));
-        match classify(
-            StatusCode::OK,
-            &h(&[("x-sentry-rate-limits", "60:error:key")]),
-            now,
-        ) {
+        assert!(matches!(classify(StatusCode::OK, &h(&[]), now), Outcome::Delivered { .. }));
+        match classify(StatusCode::OK, &h(&[("x-sentry-rate-limits", "60:error:key")]), now) {
             Outcome::Delivered { limits } => assert_eq!(limits.len(), 1),
             o => panic!("{o:?}"),
         }
         assert_eq!(
-            classify(
-                StatusCode::TOO_MANY_REQUESTS,
-                &h(&[("retry-after", "5")]),
-                now
-            ),
-            Outcome::RateLimited {
-                retry_after: Duration::from_secs(5),
-                limits: vec![]
-            }
+            classify(StatusCode::TOO_MANY_REQUESTS, &h(&[("retry-after", "5")]), now),
+            Outcome::RateLimited { retry_after: Duration::from_secs(5), limits: vec![] }
         );
         assert!(matches!(
             classify(StatusCode::TOO_MANY_REQUESTS, &h(&[]), now),
@@ -119,23 +97,13 @@ mod tests {
         ));
         for s in [408u16, 500, 502, 503, 504] {
             let st = StatusCode::from_u16(s).unwrap();
-            assert!(
-                matches!(classify(st, &h(&[]), now), Outcome::Transient { .. }),
-                "{s}"
-            );
+            assert!(matches!(classify(st, &h(&[]), now), Outcome::Transient { .. }), "{s}");
         }
         for s in [400u16, 401, 403, 404, 413] {
             let st = StatusCode::from_u16(s).unwrap();
-            assert!(
-                matches!(classify(st, &h(&[]), now), Outcome::Rejected { .. }),
-                "{s}"
-            );
+            assert!(matches!(classify(st, &h(&[]), now), Outcome::Rejected { .. }), "{s}");
         }
-        match classify(
-            StatusCode::BAD_REQUEST,
-            &h(&[("x-sentry-error", "bad")]),
-            now,
-        ) {
+        match classify(StatusCode::BAD_REQUEST, &h(&[("x-sentry-error", "bad")]), now) {
             Outcome::Rejected { detail, .. } => assert_eq!(detail.as_deref(), Some("bad")),
             o => panic!("{o:?}"),
         }

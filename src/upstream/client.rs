@@ -15,8 +15,9 @@ use rustls::pki_types::CertificateDer;
 use super::classify::{classify, Outcome};
 use super::compress::compress;
 use super::limit::LimitedConnector;
+use super::rewrite;
 use crate::config::{Compression, Config, UpstreamUrl};
-use crate::spool::Record;
+use crate::spool::{Endpoint, Record};
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +35,7 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-type HttpsClient =
-    Client<LimitedConnector<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
+type HttpsClient = Client<LimitedConnector<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// One attempt's result: the outcome plus what the answer revealed about the connection.
 #[derive(Debug)]
@@ -63,10 +63,7 @@ impl UpstreamClient {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &cfg.ca_file {
-            let err = |message: String| UpstreamError::CaFile {
-                path: path.display().to_string(),
-                message,
-            };
+            let err = |message: String| UpstreamError::CaFile { path: path.display().to_string(), message };
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| err(e.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
@@ -112,16 +109,29 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends one record to `base` and classifies the answer. Never panics on network input.
-    pub async fn send(&self, base: &UpstreamUrl, record: &Record, body: &Bytes) -> Attempt {
+    /// Sends one record to `base` and classifies the answer; `elapsed` is how long it has been in
+    /// the sidecar (to shift `sent_at`). Never panics on network input.
+    pub async fn send(&self, base: &UpstreamUrl, record: &Record, elapsed: Duration) -> Attempt {
+        let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
+        let shifted = if is_envelope { rewrite::shift_sent_at(&record.body, elapsed) } else { None };
+        let body = shifted.as_ref().unwrap_or(&record.body);
         let (payload, encoding) = compress(body, self.compression, self.gzip_level);
         let sent_bytes = payload.len();
         let uri = format!("{}{}", base.as_str(), record.path_and_query);
-        let mut builder = http::Request::builder()
-            .method(record.method.clone())
-            .uri(uri);
+        let mut builder = http::Request::builder().method(record.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
             for (k, v) in &record.headers {
+                if record.endpoint == Endpoint::Store && k == "x-sentry-auth" {
+                    let shifted = v
+                        .to_str()
+                        .ok()
+                        .and_then(|a| rewrite::shift_auth_timestamp(a, elapsed))
+                        .and_then(|a| http::HeaderValue::from_str(&a).ok());
+                    if let Some(a) = shifted {
+                        h.append(k.clone(), a);
+                        continue;
+                    }
+                }
                 h.append(k.clone(), v.clone());
             }
             if let Some(enc) = encoding {
@@ -156,17 +166,11 @@ impl UpstreamClient {
                 version: Some(parts.version),
                 sent_bytes,
             },
-            Ok(Err(e)) => Attempt {
-                outcome: Outcome::Transient {
-                    reason: error_chain(&e),
-                },
-                version: None,
-                sent_bytes,
-            },
+            Ok(Err(e)) => {
+                Attempt { outcome: Outcome::Transient { reason: error_chain(&e) }, version: None, sent_bytes }
+            }
             Err(_) => Attempt {
-                outcome: Outcome::Transient {
-                    reason: "request timed out".into(),
-                },
+                outcome: Outcome::Transient { reason: "request timed out".into() },
                 version: None,
                 sent_bytes,
             },

@@ -12,10 +12,8 @@ pub fn compress(body: &Bytes, algo: Compression, level: u32) -> (Bytes, Option<&
     match algo {
         Compression::None => (body.clone(), None),
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 3 + 64),
-                flate2::Compression::new(level),
-            );
+            let mut enc =
+                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3 + 64), flate2::Compression::new(level));
             // Writing into a Vec cannot fail.
             match enc.write_all(body).and_then(|()| enc.finish()) {
                 Ok(out) => (Bytes::from(out), Some("gzip")),
@@ -37,9 +35,7 @@ mod tests {
         let (out, enc) = compress(&body, Compression::Gzip, 3);
         assert_eq!(enc, Some("gzip"));
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&out[..])
-            .read_to_end(&mut back)
-            .unwrap();
+        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
         assert_eq!(back, raw);
         let (out, enc) = compress(&body, Compression::None, 3);
         assert_eq!((&out[..], enc), (&raw[..], None));

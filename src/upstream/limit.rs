@@ -28,11 +28,7 @@ pub struct LimitedConnector<C> {
 impl<C> LimitedConnector<C> {
     /// Wraps `inner`.
     pub fn new(inner: C, per_host: usize) -> Self {
-        LimitedConnector {
-            inner,
-            per_host: per_host.max(1),
-            hosts: Arc::new(DashMap::new()),
-        }
+        LimitedConnector { inner, per_host: per_host.max(1), hosts: Arc::new(DashMap::new()) }
     }
 }
 
@@ -51,29 +47,15 @@ where
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let key = format!(
-            "{}:{}",
-            dst.host().unwrap_or_default(),
-            dst.port_u16().unwrap_or(0)
-        );
-        let sem = self
-            .hosts
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-            .clone();
+        let key = format!("{}:{}", dst.host().unwrap_or_default(), dst.port_u16().unwrap_or(0));
+        let sem = self.hosts.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone();
         // Service contract: the clone that was polled ready is the one we call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let permit = sem
-                .acquire_owned()
-                .await
-                .map_err(|e| Box::new(e) as Self::Error)?;
+            let permit = sem.acquire_owned().await.map_err(|e| Box::new(e) as Self::Error)?;
             let io = inner.call(dst).await.map_err(Into::into)?;
-            Ok(LimitedConn {
-                io,
-                _permit: permit,
-            })
+            Ok(LimitedConn { io, _permit: permit })
         })
     }
 }
@@ -91,21 +73,13 @@ impl<T: Connection> Connection for LimitedConn<T> {
 }
 
 impl<T: Read + Unpin> Read for LimitedConn<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl<T: Write + Unpin> Write for LimitedConn<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 

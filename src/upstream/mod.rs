@@ -9,6 +9,7 @@ mod classify;
 mod client;
 mod compress;
 mod limit;
+pub mod rewrite;
 
 pub use classify::{classify, Outcome};
 pub use client::{UpstreamClient, UpstreamError};

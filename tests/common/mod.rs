@@ -36,24 +36,16 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "sidecar test CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sidecar test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
-        Pki {
-            ca_file,
-            chain: vec![leaf.der().clone()],
-            key_der: leaf_key.serialize_der(),
-            dir,
-        }
+        Pki { ca_file, chain: vec![leaf.der().clone()], key_der: leaf_key.serialize_der(), dir }
     }
 }
 
@@ -105,28 +97,16 @@ impl Upstream {
         Self::serve_on(listener, pki, h2, responder)
     }
 
-    pub fn serve_on(
-        listener: TcpListener,
-        pki: &Pki,
-        h2: bool,
-        responder: Arc<Responder>,
-    ) -> Upstream {
+    pub fn serve_on(listener: TcpListener, pki: &Pki, h2: bool, responder: Arc<Responder>) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(
-                pki.chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
-            )
+            .with_single_cert(pki.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())))
             .unwrap();
-        tls.alpn_protocols = if h2 {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
+        tls.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
@@ -149,21 +129,11 @@ impl Upstream {
                         let (rec, att, responder) = (rec.clone(), att.clone(), responder.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let raw = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let decoded = match parts
-                                .headers
-                                .get("content-encoding")
-                                .and_then(|v| v.to_str().ok())
-                            {
+                            let raw = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let decoded = match parts.headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
                                 Some("gzip") => {
                                     let mut out = Vec::new();
-                                    flate2::read::GzDecoder::new(&raw[..])
-                                        .read_to_end(&mut out)
-                                        .unwrap();
+                                    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
                                     Bytes::from(out)
                                 }
                                 Some(other) => panic!("unexpected upstream encoding {other}"),
@@ -171,11 +141,7 @@ impl Upstream {
                             };
                             let r = Received {
                                 method: parts.method.to_string(),
-                                path: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
+                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
                                 version: parts.version,
                                 headers: parts.headers,
                                 raw_body: raw,
@@ -203,20 +169,12 @@ impl Upstream {
                             .serve_connection(io, svc)
                             .await;
                     } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .await;
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
                     }
                 });
             }
         });
-        Upstream {
-            addr,
-            received,
-            connections,
-            attempts,
-            task,
-        }
+        Upstream { addr, received, connections, attempts, task }
     }
 
     pub fn url(&self) -> UpstreamUrl {
@@ -236,10 +194,7 @@ impl Upstream {
                 return got;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "upstream received {} of {n} requests within {secs}s",
-                    got.len()
-                );
+                panic!("upstream received {} of {n} requests within {secs}s", got.len());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -279,10 +234,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body with Content-Encoding undone.
@@ -291,19 +243,13 @@ impl Fixture {
         let mut out = Vec::new();
         match self.header("content-encoding") {
             Some("br") => {
-                brotli_decompressor::Decompressor::new(b, 4096)
-                    .read_to_end(&mut out)
-                    .unwrap();
+                brotli_decompressor::Decompressor::new(b, 4096).read_to_end(&mut out).unwrap();
             }
             Some("gzip") => {
-                flate2::read::GzDecoder::new(b)
-                    .read_to_end(&mut out)
-                    .unwrap();
+                flate2::read::GzDecoder::new(b).read_to_end(&mut out).unwrap();
             }
             Some("deflate") => {
-                flate2::read::ZlibDecoder::new(b)
-                    .read_to_end(&mut out)
-                    .unwrap();
+                flate2::read::ZlibDecoder::new(b).read_to_end(&mut out).unwrap();
             }
             _ => out = b.to_vec(),
         }
@@ -314,16 +260,8 @@ impl Fixture {
     pub fn wire(&self, addr: SocketAddr) -> Vec<u8> {
         let mut w = format!("{} {} HTTP/1.1\r\n", self.method, self.path).into_bytes();
         for (k, v) in &self.headers {
-            let v = if k.eq_ignore_ascii_case("host") {
-                addr.to_string()
-            } else {
-                v.clone()
-            };
-            let v = if k.eq_ignore_ascii_case("connection") {
-                "close".to_string()
-            } else {
-                v
-            };
+            let v = if k.eq_ignore_ascii_case("host") { addr.to_string() } else { v.clone() };
+            let v = if k.eq_ignore_ascii_case("connection") { "close".to_string() } else { v };
             w.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
         w.extend_from_slice(b"\r\n");
@@ -362,23 +300,15 @@ pub fn load_fixtures() -> Vec<Fixture> {
 pub fn load_fixture(name: &str) -> Fixture {
     let dir = fixtures_dir();
     let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.http.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.http.json"))).unwrap()).unwrap();
     let body = std::fs::read(dir.join(format!("{name}.body"))).unwrap();
     let headers = meta["headers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_owned(),
-                p[1].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
         .collect();
-    let chunk_sizes = meta["chunk_sizes"]
-        .as_array()
-        .map(|a| a.iter().map(|n| n.as_u64().unwrap() as usize).collect());
+    let chunk_sizes = meta["chunk_sizes"].as_array().map(|a| a.iter().map(|n| n.as_u64().unwrap() as usize).collect());
     Fixture {
         name: name.to_owned(),
         method: meta["method"].as_str().unwrap().to_owned(),
@@ -399,10 +329,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -430,18 +357,9 @@ pub async fn read_response(s: &mut TcpStream) -> Resp {
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
     let len: usize = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -454,23 +372,12 @@ pub async fn read_response(s: &mut TcpStream) -> Resp {
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(len);
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp { status, headers, body }
 }
 
 /// Builds and sends a request with Content-Length.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut w =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut w = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
     for (k, v) in headers {
         w.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
@@ -480,31 +387,20 @@ pub async fn request(
 }
 
 pub fn auth_header() -> (&'static str, String) {
-    (
-        "X-Sentry-Auth",
-        format!("Sentry sentry_key={KEY}, sentry_version=7, sentry_client=test/1.0"),
-    )
+    ("X-Sentry-Auth", format!("Sentry sentry_key={KEY}, sentry_version=7, sentry_client=test/1.0"))
 }
 
 /// POSTs an envelope to project 42 with header auth.
 pub async fn post_envelope(addr: SocketAddr, body: &[u8]) -> Resp {
     let (k, v) = auth_header();
-    request(
-        addr,
-        "POST",
-        "/api/42/envelope/",
-        &[(k, &v), ("Content-Type", "application/x-sentry-envelope")],
-        body,
-    )
-    .await
+    request(addr, "POST", "/api/42/envelope/", &[(k, &v), ("Content-Type", "application/x-sentry-envelope")], body)
+        .await
 }
 
 /// A small error envelope with a fresh event id and a marker in the message.
 pub fn error_envelope(marker: &str) -> (String, Vec<u8>) {
     let id = format!("{:032x}", fastrand::u128(..));
-    let payload = format!(
-        r#"{{"event_id":"{id}","message":"{marker}","level":"error","platform":"python"}}"#
-    );
+    let payload = format!(r#"{{"event_id":"{id}","message":"{marker}","level":"error","platform":"python"}}"#);
     let body = format!(
         "{{\"event_id\":\"{id}\",\"sent_at\":\"2026-11-26T04:48:54.888289Z\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{payload}\n",
         payload.len()

@@ -1,0 +1,788 @@
+//! The durable spool: SQLite in WAL mode, owned by one writer thread.
+//!
+//! Every operation is a command sent to that thread. The thread takes whatever commands are queued
+//! (appends from many connections, reads, acks, reschedules) and applies them in one transaction,
+//! then answers them all: appends are group-committed, and with `durability = process`
+//! (`synchronous=NORMAL`) a commit reaches the OS before any of them is answered, which survives
+//! `kill -9`; with `power` (`synchronous=FULL`) the WAL is fsync'd first.
+//!
+//! Leases are a mark in the row (`due_ms = -1`) that is cleared when the spool opens, so a record
+//! being sent when the process died is sent again after the restart; Sentry deduplicates by event
+//! id. Bodies above `inline_limit` go to files beside the database, written before their row
+//! commits, so the database stays small. A database that cannot be opened, or that turns out
+//! corrupt, is renamed aside (`spool.db.corrupt-<time>`) and a fresh one started.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use super::report::{self, DropReason, Dropped};
+use super::{now_ms, BoxFuture, Endpoint, Queued, Record, Reschedule, Spool, SpoolError, Target};
+use crate::config::{DeliveryOrder, Durability, FullPolicy, UpstreamUrl};
+use crate::protocol::Categories;
+
+/// Settings of the SQLite spool.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Directory holding `spool.db` and `bodies/`.
+    pub dir: PathBuf,
+    /// `Process` or `Power` (memory durability wraps this spool, see `tiered`).
+    pub durability: Durability,
+    /// Byte bound of everything waiting.
+    pub max_bytes: u64,
+    /// Age bound: older envelopes are dropped.
+    pub max_age: Duration,
+    /// What a full spool does with new data.
+    pub full_policy: FullPolicy,
+    /// Which due envelopes go first.
+    pub order: DeliveryOrder,
+    /// Bodies larger than this are stored as files.
+    pub inline_limit: usize,
+    /// Test hook: cap the database at this many pages, so that "disk full" can be produced.
+    pub max_page_count: Option<u64>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+enum Cmd {
+    Append(Vec<Record>, Reply<()>),
+    Read { max: usize, max_bytes: usize, now: u64, reply: Reply<Vec<Queued>> },
+    Ack(Vec<u64>, Reply<()>),
+    Reschedule(Vec<Reschedule>, Reply<()>),
+}
+
+#[derive(Default)]
+struct Shared {
+    len: AtomicU64,
+    bytes: AtomicU64,
+    next_due: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+/// The SQLite-backed spool.
+pub struct SqliteSpool {
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    shared: Arc<Shared>,
+    notify: Arc<Notify>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const LEASED: i64 = -1;
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    endpoint: String,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    project: u64,
+    key: String,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    items: Vec<String>,
+}
+
+impl SqliteSpool {
+    /// Opens (or creates) the spool in `opts.dir`, quarantining a database that cannot be used.
+    pub fn open(opts: SqliteOptions) -> Result<SqliteSpool, SpoolError> {
+        Self::open_with_notify(opts, Arc::new(Notify::new()))
+    }
+
+    /// Like [`SqliteSpool::open`], waking `notify` on appends and reschedules.
+    pub fn open_with_notify(opts: SqliteOptions, notify: Arc<Notify>) -> Result<SqliteSpool, SpoolError> {
+        std::fs::create_dir_all(opts.dir.join("bodies"))?;
+        let db = Db::open_or_quarantine(opts)?;
+        let shared = Arc::new(Shared::default());
+        db.publish(&shared);
+        let (tx, rx) = mpsc::channel();
+        let (s2, n2) = (shared.clone(), notify.clone());
+        let thread = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer(db, rx, s2, n2))?;
+        Ok(SqliteSpool { tx: Mutex::new(Some(tx)), shared, notify, thread: Mutex::new(Some(thread)) })
+    }
+
+    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> BoxFuture<'_, Result<T, SpoolError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = match self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(tx) => tx.send(make(reply)).is_ok(),
+            None => false,
+        };
+        Box::pin(async move {
+            if !sent {
+                return Err(SpoolError::Closed);
+            }
+            rx.await.unwrap_or(Err(SpoolError::Closed))
+        })
+    }
+}
+
+impl Spool for SqliteSpool {
+    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.call(|r| Cmd::Append(records, r))
+    }
+
+    fn read_batch(
+        &self,
+        max_count: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<Queued>, SpoolError>> {
+        self.call(|reply| Cmd::Read { max: max_count, max_bytes, now: now_ms, reply })
+    }
+
+    fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.call(|r| Cmd::Ack(ids, r))
+    }
+
+    fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.call(|r| Cmd::Reschedule(items, r))
+    }
+
+    fn len(&self) -> u64 {
+        self.shared.len.load(Ordering::Acquire)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Acquire)
+    }
+
+    fn next_due(&self, now_ms: u64) -> Option<u64> {
+        let d = self.shared.next_due.load(Ordering::Acquire);
+        (d != 0).then_some(d.max(now_ms + 1))
+    }
+
+    fn notify(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    fn writable(&self) -> Result<(), String> {
+        match self.shared.error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Box::pin(async move {
+            if let Some(h) = handle {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+        })
+    }
+}
+
+fn writer(mut db: Db, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, notify: Arc<Notify>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let wake = group.iter().any(|c| matches!(c, Cmd::Append(..) | Cmd::Reschedule(..)));
+        db.apply(group, &shared);
+        db.publish(&shared);
+        if wake {
+            notify.notify_one();
+        }
+    }
+    // Checkpoint so the WAL does not have to be replayed at the next start.
+    let _ = db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// The writer thread's state.
+struct Db {
+    conn: Connection,
+    opts: SqliteOptions,
+    len: u64,
+    bytes: u64,
+    next_due: u64,
+    last_expire: u64,
+    file_seq: u64,
+}
+
+/// Side effects of a transaction, applied only once it committed (or undone if it did not).
+#[derive(Default)]
+struct Pending {
+    dlen: i64,
+    dbytes: i64,
+    written: Vec<PathBuf>,
+    to_delete: Vec<PathBuf>,
+    dropped: Vec<Dropped>,
+}
+
+enum Out {
+    Unit(Result<(), SpoolError>),
+    Batch(Result<Vec<Queued>, SpoolError>),
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase))
+}
+
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DiskFull))
+}
+
+fn to_spool_err(e: rusqlite::Error) -> SpoolError {
+    if is_full(&e) {
+        SpoolError::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, e.to_string()))
+    } else {
+        SpoolError::Io(std::io::Error::other(e.to_string()))
+    }
+}
+
+impl Db {
+    fn db_path(dir: &Path) -> PathBuf {
+        dir.join("spool.db")
+    }
+
+    fn open_or_quarantine(opts: SqliteOptions) -> Result<Db, SpoolError> {
+        match Db::open(opts.clone()) {
+            Ok(db) => Ok(db),
+            Err(e)
+                if matches!(e, rusqlite::Error::SqliteFailure(..))
+                    && !matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            ErrorCode::CannotOpen
+                                | ErrorCode::PermissionDenied
+                                | ErrorCode::ReadOnly
+                                | ErrorCode::DiskFull
+                        )
+                    ) =>
+            {
+                let moved = quarantine(&opts.dir)?;
+                tracing::error!(error = %e, moved_to = %moved.display(), "spool database unusable; moved aside, starting a fresh one");
+                Db::open(opts).map_err(to_spool_err)
+            }
+            Err(e) => Err(to_spool_err(e)),
+        }
+    }
+
+    fn open(opts: SqliteOptions) -> Result<Db, rusqlite::Error> {
+        let conn = Connection::open(Db::db_path(&opts.dir))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "SQLite refused WAL mode; durability still holds, throughput is lower");
+        }
+        let sync = if opts.durability == Durability::Power { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync};
+             PRAGMA temp_store=MEMORY;
+             CREATE TABLE IF NOT EXISTS envelopes (
+                 id INTEGER PRIMARY KEY,
+                 received_ms INTEGER NOT NULL,
+                 due_ms INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 size INTEGER NOT NULL,
+                 categories INTEGER NOT NULL,
+                 target TEXT NOT NULL,
+                 meta BLOB NOT NULL,
+                 body BLOB,
+                 body_file TEXT
+             );
+             CREATE INDEX IF NOT EXISTS envelopes_due ON envelopes(due_ms, id);
+             UPDATE envelopes SET due_ms = received_ms WHERE due_ms < 0;"
+        ))?;
+        if let Some(pages) = opts.max_page_count {
+            conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))?;
+        }
+        let (len, bytes): (i64, i64) =
+            conn.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let mut db = Db { conn, opts, len: len as u64, bytes: bytes as u64, next_due: 0, last_expire: 0, file_seq: 0 };
+        db.next_due = db.query_next_due(now_ms())?;
+        if len > 0 {
+            tracing::info!(envelopes = len, bytes, "spool opened with a backlog; delivering it");
+        }
+        Ok(db)
+    }
+
+    fn publish(&self, shared: &Shared) {
+        shared.len.store(self.len, Ordering::Release);
+        shared.bytes.store(self.bytes, Ordering::Release);
+        shared.next_due.store(self.next_due, Ordering::Release);
+    }
+
+    fn query_next_due(&self, now: u64) -> Result<u64, rusqlite::Error> {
+        let d: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(due_ms) FROM envelopes WHERE due_ms > ?1")?
+            .query_row(params![now as i64], |r| r.get(0))?;
+        Ok(d.map_or(0, |d| d as u64))
+    }
+
+    /// Applies a group in one transaction; if the transaction fails, each command is retried on its
+    /// own so that one failing append does not fail the acks that came with it.
+    fn apply(&mut self, group: Vec<Cmd>, shared: &Shared) {
+        let now = now_ms();
+        match self.run_group(&group, now) {
+            Ok((outs, pending)) => {
+                self.commit_effects(pending);
+                self.set_error(shared, None);
+                reply_all(group, outs);
+            }
+            Err(e) if group.len() > 1 && !is_corruption(&e) => {
+                for cmd in group {
+                    let single = vec![cmd];
+                    match self.run_group(&single, now) {
+                        Ok((outs, pending)) => {
+                            self.commit_effects(pending);
+                            reply_all(single, outs);
+                        }
+                        Err(e) => self.fail(single, e, shared),
+                    }
+                }
+            }
+            Err(e) => self.fail(group, e, shared),
+        }
+        if let Ok(d) = self.query_next_due(now) {
+            self.next_due = d;
+        }
+    }
+
+    fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, shared: &Shared) {
+        tracing::error!(error = %e, "spool transaction failed");
+        self.set_error(shared, Some(e.to_string()));
+        let corrupt = is_corruption(&e);
+        let outs = group.iter().map(|c| match c {
+            Cmd::Read { .. } => Out::Batch(Err(to_spool_err(clone_err(&e)))),
+            _ => Out::Unit(Err(to_spool_err(clone_err(&e)))),
+        });
+        let outs: Vec<Out> = outs.collect();
+        reply_all(group, outs);
+        if corrupt {
+            self.recover_from_corruption(shared);
+        }
+    }
+
+    fn recover_from_corruption(&mut self, shared: &Shared) {
+        let placeholder = match Connection::open_in_memory() {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        drop(std::mem::replace(&mut self.conn, placeholder));
+        match quarantine(&self.opts.dir).map_err(|e| e.to_string()).and_then(|moved| {
+            tracing::error!(moved_to = %moved.display(), "spool database corrupt; moved aside, starting a fresh one");
+            Db::open(self.opts.clone()).map_err(|e| e.to_string())
+        }) {
+            Ok(fresh) => {
+                *self = fresh;
+                self.set_error(shared, None);
+            }
+            Err(e) => self.set_error(shared, Some(format!("cannot reopen the spool: {e}"))),
+        }
+    }
+
+    fn set_error(&self, shared: &Shared, e: Option<String>) {
+        // Disk-full is reported through the failing appends; readiness reflects any other error.
+        *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn commit_effects(&mut self, p: Pending) {
+        self.len = (self.len as i64 + p.dlen).max(0) as u64;
+        self.bytes = (self.bytes as i64 + p.dbytes).max(0) as u64;
+        for f in p.to_delete {
+            let _ = std::fs::remove_file(f);
+        }
+        drop(p.written);
+    }
+
+    fn run_group(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
+        let mut pending = Pending::default();
+        let result = (|| {
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut outs = Vec::with_capacity(group.len());
+            for cmd in group {
+                outs.push(match cmd {
+                    Cmd::Append(records, _) => {
+                        Out::Unit(append(&tx, &self.opts, self.bytes, records, now, &mut pending, &mut self.file_seq)?)
+                    }
+                    Cmd::Read { max, max_bytes, now: at, .. } => {
+                        if now.saturating_sub(self.last_expire) >= 1000 {
+                            expire(&tx, &self.opts, now, &mut pending)?;
+                        }
+                        Out::Batch(Ok(read(&tx, &self.opts, *max, *max_bytes, *at, &mut pending)?))
+                    }
+                    Cmd::Ack(ids, _) => {
+                        ack(&tx, &self.opts.dir, ids, &mut pending)?;
+                        Out::Unit(Ok(()))
+                    }
+                    Cmd::Reschedule(items, _) => {
+                        reschedule(&tx, items)?;
+                        Out::Unit(Ok(()))
+                    }
+                });
+            }
+            let reports = report::account(&std::mem::take(&mut pending.dropped), now);
+            if !reports.is_empty() {
+                insert_all(&tx, &self.opts, &reports, now, &mut pending, &mut self.file_seq)?;
+            }
+            tx.commit()?;
+            Ok(outs)
+        })();
+        match result {
+            Ok(outs) => {
+                if group.iter().any(|c| matches!(c, Cmd::Read { .. })) && now.saturating_sub(self.last_expire) >= 1000 {
+                    self.last_expire = now;
+                }
+                Ok((outs, pending))
+            }
+            Err(e) => {
+                for f in pending.written {
+                    let _ = std::fs::remove_file(f);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, m) => rusqlite::Error::SqliteFailure(*f, m.clone()),
+        other => rusqlite::Error::InvalidParameterName(other.to_string()),
+    }
+}
+
+fn reply_all(group: Vec<Cmd>, outs: Vec<Out>) {
+    for (cmd, out) in group.into_iter().zip(outs) {
+        match (cmd, out) {
+            (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Unit(res)) => {
+                let _ = r.send(res);
+            }
+            (Cmd::Read { reply, .. }, Out::Batch(res)) => {
+                let _ = reply.send(res);
+            }
+            (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Batch(_)) => {
+                let _ = r.send(Err(SpoolError::Closed));
+            }
+            (Cmd::Read { reply, .. }, Out::Unit(_)) => {
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
+        }
+    }
+}
+
+fn quarantine(dir: &Path) -> Result<PathBuf, SpoolError> {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let db = Db::db_path(dir);
+    let moved = dir.join(format!("spool.db.corrupt-{stamp}"));
+    if db.exists() {
+        std::fs::rename(&db, &moved)?;
+    }
+    for ext in ["-wal", "-shm"] {
+        let side = dir.join(format!("spool.db{ext}"));
+        if side.exists() {
+            let _ = std::fs::rename(&side, dir.join(format!("spool.db.corrupt-{stamp}{ext}")));
+        }
+    }
+    Ok(moved)
+}
+
+fn target_text(t: &Target) -> &str {
+    match t {
+        Target::Upstream(u) => u.as_str(),
+        Target::Capture => "",
+    }
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    opts: &SqliteOptions,
+    bytes_now: u64,
+    records: &[Record],
+    now: u64,
+    p: &mut Pending,
+    seq: &mut u64,
+) -> Result<Result<(), SpoolError>, rusqlite::Error> {
+    let incoming: u64 = records.iter().map(|r| r.body.len() as u64).sum();
+    let current = (bytes_now as i64 + p.dbytes).max(0) as u64;
+    if current + incoming > opts.max_bytes {
+        if opts.full_policy == FullPolicy::RejectNew || incoming > opts.max_bytes {
+            return Ok(Err(SpoolError::Full));
+        }
+        let need = current + incoming - opts.max_bytes;
+        let freed = drop_oldest(tx, &opts.dir, need, p)?;
+        if freed < need {
+            return Ok(Err(SpoolError::Full));
+        }
+    }
+    insert_all(tx, opts, records, now, p, seq)?;
+    Ok(Ok(()))
+}
+
+fn insert_all(
+    tx: &Transaction<'_>,
+    opts: &SqliteOptions,
+    records: &[Record],
+    now: u64,
+    p: &mut Pending,
+    seq: &mut u64,
+) -> Result<(), rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO envelopes (received_ms, due_ms, attempts, size, categories, target, meta, body, body_file)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for r in records {
+        let meta = encode_meta(r);
+        let (inline, file): (Option<&[u8]>, Option<String>) = if r.body.len() > opts.inline_limit {
+            *seq += 1;
+            let name = format!("{now}-{}-{}.body", std::process::id(), *seq);
+            let path = opts.dir.join("bodies").join(&name);
+            std::fs::write(&path, &r.body).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            p.written.push(path);
+            (None, Some(name))
+        } else {
+            (Some(&r.body[..]), None)
+        };
+        stmt.execute(params![
+            r.received_ms as i64,
+            r.received_ms as i64,
+            r.body.len() as i64,
+            r.categories.0 as i64,
+            target_text(&r.target),
+            meta,
+            inline,
+            file,
+        ])?;
+        p.dlen += 1;
+        p.dbytes += r.body.len() as i64;
+    }
+    Ok(())
+}
+
+fn encode_meta(r: &Record) -> Vec<u8> {
+    let meta = Meta {
+        endpoint: r.endpoint.name().to_owned(),
+        method: r.method.as_str().to_owned(),
+        path: r.path_and_query.clone(),
+        headers: r
+            .headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+            .collect(),
+        project: r.project_id,
+        key: r.public_key.clone(),
+        event_id: r.event_id.clone(),
+        items: r.item_types.clone(),
+    };
+    serde_json::to_vec(&meta).unwrap_or_default()
+}
+
+struct Row {
+    id: i64,
+    received_ms: i64,
+    attempts: i64,
+    categories: i64,
+    target: String,
+    meta: Vec<u8>,
+    body: Option<Vec<u8>>,
+    body_file: Option<String>,
+}
+
+fn decode_row(dir: &Path, row: Row) -> Option<Record> {
+    let meta: Meta = serde_json::from_slice(&row.meta).ok()?;
+    let body = match (row.body, &row.body_file) {
+        (Some(b), _) => Bytes::from(b),
+        (None, Some(f)) => Bytes::from(std::fs::read(dir.join("bodies").join(f)).ok()?),
+        (None, None) => Bytes::new(),
+    };
+    let target =
+        if row.target.is_empty() { Target::Capture } else { Target::Upstream(UpstreamUrl::parse(&row.target).ok()?) };
+    let headers = meta
+        .headers
+        .into_iter()
+        .filter_map(|(k, v)| Some((http::HeaderName::try_from(k).ok()?, http::HeaderValue::try_from(v).ok()?)))
+        .collect();
+    Some(Record {
+        target,
+        endpoint: Endpoint::from_name(&meta.endpoint)?,
+        method: http::Method::from_bytes(meta.method.as_bytes()).ok()?,
+        path_and_query: meta.path,
+        headers,
+        body,
+        project_id: meta.project,
+        public_key: meta.key,
+        event_id: meta.event_id,
+        categories: Categories(u32::try_from(row.categories).unwrap_or(0)),
+        item_types: meta.items,
+        received_ms: row.received_ms.max(0) as u64,
+    })
+}
+
+const ROW_COLUMNS: &str = "id, received_ms, attempts, categories, target, meta, body, body_file, size";
+
+fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
+    Ok((
+        Row {
+            id: r.get(0)?,
+            received_ms: r.get(1)?,
+            attempts: r.get(2)?,
+            categories: r.get(3)?,
+            target: r.get(4)?,
+            meta: r.get(5)?,
+            body: r.get(6)?,
+            body_file: r.get(7)?,
+        },
+        r.get(8)?,
+    ))
+}
+
+fn read(
+    tx: &Transaction<'_>,
+    opts: &SqliteOptions,
+    max: usize,
+    max_bytes: usize,
+    now: u64,
+    p: &mut Pending,
+) -> Result<Vec<Queued>, rusqlite::Error> {
+    let sql = match opts.order {
+        DeliveryOrder::OldestFirst => {
+            format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms BETWEEN 0 AND ?1 ORDER BY due_ms, id LIMIT ?2")
+        }
+        DeliveryOrder::NewestFirst => {
+            format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms BETWEEN 0 AND ?1 ORDER BY due_ms DESC, id DESC LIMIT ?2")
+        }
+    };
+    let mut rows = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut q = stmt.query(params![now as i64, max as i64])?;
+        let mut bytes = 0usize;
+        while let Some(r) = q.next()? {
+            let (row, size) = map_row(r)?;
+            bytes += size.max(0) as usize;
+            rows.push((row, size));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    let mut lease = tx.prepare_cached("UPDATE envelopes SET due_ms = ?1 WHERE id = ?2")?;
+    for (row, size) in rows {
+        let id = row.id;
+        let attempts = row.attempts;
+        let file = row.body_file.clone();
+        match decode_row(&opts.dir, row) {
+            Some(record) => {
+                lease.execute(params![LEASED, id])?;
+                out.push(Queued { id: id as u64, attempts: attempts.max(0) as u32, record: Arc::new(record) });
+            }
+            None => {
+                // Unreadable (missing body file, damaged meta): it can never be sent; count it.
+                tracing::error!(id, "spooled envelope cannot be read back; dropping it");
+                metrics::counter!(crate::telemetry::DROPPED, "reason" => DropReason::Unreadable.label(), "category" => "none")
+                    .increment(1);
+                tx.execute("DELETE FROM envelopes WHERE id = ?1", params![id])?;
+                p.dlen -= 1;
+                p.dbytes -= size;
+                if let Some(f) = file {
+                    p.to_delete.push(opts.dir.join("bodies").join(f));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn delete_rows(
+    tx: &Transaction<'_>,
+    ids: impl Iterator<Item = i64>,
+    p: &mut Pending,
+    dir: &Path,
+) -> Result<u64, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached("DELETE FROM envelopes WHERE id = ?1 RETURNING size, body_file")?;
+    let mut freed = 0u64;
+    for id in ids {
+        let gone: Option<(i64, Option<String>)> =
+            stmt.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        if let Some((size, file)) = gone {
+            p.dlen -= 1;
+            p.dbytes -= size;
+            freed += size.max(0) as u64;
+            if let Some(f) = file {
+                p.to_delete.push(dir.join("bodies").join(f));
+            }
+        }
+    }
+    Ok(freed)
+}
+
+fn ack(tx: &Transaction<'_>, dir: &Path, ids: &[u64], p: &mut Pending) -> Result<(), rusqlite::Error> {
+    delete_rows(tx, ids.iter().map(|i| *i as i64), p, dir)?;
+    Ok(())
+}
+
+fn reschedule(tx: &Transaction<'_>, items: &[Reschedule]) -> Result<(), rusqlite::Error> {
+    let mut stmt = tx.prepare_cached("UPDATE envelopes SET due_ms = ?1, attempts = attempts + ?2 WHERE id = ?3")?;
+    for r in items {
+        stmt.execute(params![r.due_ms as i64, i64::from(r.count_attempt), r.id as i64])?;
+    }
+    Ok(())
+}
+
+/// Selects up to `limit` waiting (not leased) rows by `sql` and deletes them, recording why.
+fn drop_where(
+    tx: &Transaction<'_>,
+    opts_dir: &Path,
+    sql: &str,
+    arg: i64,
+    reason: DropReason,
+    p: &mut Pending,
+) -> Result<(u64, usize), rusqlite::Error> {
+    let mut victims = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut q = stmt.query(params![arg])?;
+        while let Some(r) = q.next()? {
+            victims.push(map_row(r)?.0);
+        }
+    }
+    let n = victims.len();
+    let ids: Vec<i64> = victims.iter().map(|v| v.id).collect();
+    for v in victims {
+        // Only the meta is needed to report the drop; skip reading large body files.
+        let v = Row { body: None, body_file: None, ..v };
+        if let Some(rec) = decode_row(opts_dir, v) {
+            p.dropped.push(Dropped::of(&rec, reason));
+        }
+    }
+    let freed = delete_rows(tx, ids.into_iter(), p, opts_dir)?;
+    Ok((freed, n))
+}
+
+fn drop_oldest(tx: &Transaction<'_>, dir: &Path, need: u64, p: &mut Pending) -> Result<u64, rusqlite::Error> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND categories != 0 ORDER BY id LIMIT ?1");
+    let mut freed = 0;
+    while freed < need {
+        let (f, n) = drop_where(tx, dir, &sql, 64, DropReason::SpoolFull, p)?;
+        freed += f;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(freed)
+}
+
+fn expire(tx: &Transaction<'_>, opts: &SqliteOptions, now: u64, p: &mut Pending) -> Result<(), rusqlite::Error> {
+    let cutoff = now.saturating_sub(u64::try_from(opts.max_age.as_millis()).unwrap_or(u64::MAX)) as i64;
+    let sql =
+        format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND received_ms < ?1 ORDER BY id LIMIT 1000");
+    drop_where(tx, &opts.dir, &sql, cutoff, DropReason::TooOld, p)?;
+    Ok(())
+}
