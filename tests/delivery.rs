@@ -11,6 +11,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_mode_writes_every_envelope_locally() {
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(test_config(dir.path())).await;
     let addr = sidecar.local_addr();
@@ -43,11 +44,13 @@ async fn capture_mode_writes_every_envelope_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_delivered_once() {
+    let _serial = serial().await;
     let pki = Pki::new();
     // The first three attempts fail with 503, then everything succeeds.
     let up = Upstream::start_with(&pki, true, Arc::new(|_, n| if n < 3 { (503, vec![]) } else { (200, vec![]) })).await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
+    let metrics = Metrics::new(sidecar.local_addr()).await;
     let (id, body) = error_envelope("retry-me");
     assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
     let got = up.wait_for(1, 10).await;
@@ -56,19 +59,20 @@ async fn transient_failures_are_retried_then_delivered_once() {
     assert_eq!(up.received().len(), 1, "delivered exactly once");
     assert_eq!(up.attempts.load(Ordering::SeqCst), 4);
     assert_eq!(sidecar.spool().len(), 0);
-    let m = metrics_text(sidecar.local_addr()).await;
-    assert!(m.contains(r#"sidecar_retries_total{reason="transient"}"#), "{m}");
+    assert_eq!(metrics.delta(r#"sidecar_retries_total{reason="transient"}"#).await, 3.0);
     sidecar.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_for_good_is_dropped_and_counted() {
+    let _serial = serial().await;
     let pki = Pki::new();
     let up =
         Upstream::start_with(&pki, true, Arc::new(|_, _| (400, vec![("x-sentry-error", "invalid event".to_string())])))
             .await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
+    let metrics = Metrics::new(sidecar.local_addr()).await;
     assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope("bad").1).await.status, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !sidecar.spool().is_empty() && tokio::time::Instant::now() < deadline {
@@ -77,13 +81,13 @@ async fn rejected_for_good_is_dropped_and_counted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(up.attempts.load(Ordering::SeqCst), 1, "a 400 is never retried");
     assert_eq!(sidecar.spool().len(), 0);
-    let m = metrics_text(sidecar.local_addr()).await;
-    assert!(m.contains(r#"sidecar_dropped_total{reason="upstream_rejected",category="error"}"#), "{m}");
+    assert_eq!(metrics.delta(r#"sidecar_dropped_total{reason="upstream_rejected",category="error"}"#).await, 1.0);
     sidecar.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
+    let _serial = serial().await;
     let pki = Pki::new();
     // Reserve a port, then close it: nothing listens there until we start the upstream on it.
     let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -96,10 +100,10 @@ async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
     cfg.retry_initial = Duration::from_millis(100);
     cfg.retry_max = Duration::from_millis(400);
     let sidecar = start(cfg).await;
+    let metrics = Metrics::new(sidecar.local_addr()).await;
     assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope("later").1).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let m = metrics_text(sidecar.local_addr()).await;
-    let retries = metric_value(&m, r#"sidecar_retries_total{reason="transient"}"#);
+    let retries = metrics.delta(r#"sidecar_retries_total{reason="transient"}"#).await;
     // 1.5 s with delays of 50-100, 100-200, 200-400, 200-400 ms...: a handful, never hundreds.
     assert!((2.0..=15.0).contains(&retries), "retries in 1.5 s: {retries}");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -109,12 +113,9 @@ async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
     sidecar.shutdown().await;
 }
 
-fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap())).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_separate_admin_listener() {
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -140,6 +141,7 @@ async fn health_readiness_and_separate_admin_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start(test_config(dir.path())).await;
     let addr = sidecar.local_addr();

@@ -93,8 +93,17 @@ impl From<AuthError> for Refusal {
 
 impl From<SpoolError> for Refusal {
     fn from(e: SpoolError) -> Refusal {
-        tracing::error!(error = %e, "spool append failed; answering 503");
-        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool", format!("cannot queue the event now: {e}"))
+        match e {
+            SpoolError::Full => {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", "the sidecar's spool is full; retry later")
+                    .with_header("retry-after", "60".to_owned())
+            }
+            e => {
+                tracing::error!(error = %e, "spool append failed; answering 503");
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool", format!("cannot queue the event now: {e}"))
+                    .with_header("retry-after", "10".to_owned())
+            }
+        }
     }
 }
 

@@ -308,13 +308,15 @@ impl Envelope {
     }
 }
 
-/// The data categories one item counts towards (PROTOCOL.md section 3).
+/// The data category an item is rate limited by (PROTOCOL.md section 3, primary categories).
 pub fn item_categories(ty: &ItemType, ui_platform: bool) -> &'static [DataCategory] {
     use DataCategory as C;
     match ty {
         ItemType::Event => &[C::Error],
-        ItemType::Transaction => &[C::Transaction, C::Span],
-        ItemType::Attachment => &[C::Attachment, C::AttachmentItem],
+        // The primary category only: a limit on `span` must not hold back a whole transaction, and
+        // a limit on `transaction` holds it (with its spans) as Sentry would drop it.
+        ItemType::Transaction => &[C::Transaction],
+        ItemType::Attachment => &[C::Attachment],
         ItemType::Session | ItemType::Sessions => &[C::Session],
         ItemType::UserReport | ItemType::Feedback => &[C::Feedback],
         ItemType::CheckIn => &[C::Monitor],
@@ -322,7 +324,7 @@ pub fn item_categories(ty: &ItemType, ui_platform: bool) -> &'static [DataCatego
         ItemType::ProfileChunk if ui_platform => &[C::ProfileChunkUi],
         ItemType::ProfileChunk => &[C::ProfileChunk],
         ItemType::ReplayEvent | ItemType::ReplayRecording | ItemType::ReplayVideo => &[C::Replay],
-        ItemType::Log | ItemType::OtelLog => &[C::LogItem, C::LogByte],
+        ItemType::Log | ItemType::OtelLog => &[C::LogItem],
         ItemType::Span | ItemType::OtelSpan => &[C::Span],
         ItemType::TraceMetric => &[C::TraceMetric],
         ItemType::Security | ItemType::RawSecurity => &[C::Security],
@@ -356,7 +358,7 @@ mod tests {
         assert_eq!(&env.payload(&env.items[0])[..], b"\xef\xbb\xbfHello\r\n");
         assert_eq!(env.items[1].ty, ItemType::Event);
         assert_eq!(&env.payload(&env.items[1])[..], b"{\"message\":\"hello world\",\"level\":\"error\"}");
-        assert_eq!(format!("{:?}", env.categories()), r#"{"error", "attachment", "attachment_item"}"#);
+        assert_eq!(format!("{:?}", env.categories()), r#"{"error", "attachment"}"#);
     }
 
     #[test]

@@ -189,8 +189,10 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, notify: Arc<
                 Err(_) => break,
             }
         }
-        let wake = group.iter().any(|c| matches!(c, Cmd::Append(..) | Cmd::Reschedule(..)));
+        let mut wake = group.iter().any(|c| matches!(c, Cmd::Append(..) | Cmd::Reschedule(..)));
         db.apply(group, &shared);
+        // Client reports queued for drops are new work too.
+        wake |= std::mem::take(&mut db.queued_reports);
         db.publish(&shared);
         if wake {
             notify.notify_one();
@@ -209,6 +211,7 @@ struct Db {
     next_due: u64,
     last_expire: u64,
     file_seq: u64,
+    queued_reports: bool,
 }
 
 /// Side effects of a transaction, applied only once it committed (or undone if it did not).
@@ -303,7 +306,16 @@ impl Db {
             conn.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
-        let mut db = Db { conn, opts, len: len as u64, bytes: bytes as u64, next_due: 0, last_expire: 0, file_seq: 0 };
+        let mut db = Db {
+            conn,
+            opts,
+            len: len as u64,
+            bytes: bytes as u64,
+            next_due: 0,
+            last_expire: 0,
+            file_seq: 0,
+            queued_reports: false,
+        };
         db.next_due = db.query_next_due(now_ms())?;
         if len > 0 {
             tracing::info!(envelopes = len, bytes, "spool opened with a backlog; delivering it");
@@ -430,6 +442,7 @@ impl Db {
             let reports = report::account(&std::mem::take(&mut pending.dropped), now);
             if !reports.is_empty() {
                 insert_all(&tx, &self.opts, &reports, now, &mut pending, &mut self.file_seq)?;
+                self.queued_reports = true;
             }
             tx.commit()?;
             Ok(outs)
@@ -741,14 +754,14 @@ fn drop_where(
     tx: &Transaction<'_>,
     opts_dir: &Path,
     sql: &str,
-    arg: i64,
+    args: &[i64],
     reason: DropReason,
     p: &mut Pending,
 ) -> Result<(u64, usize), rusqlite::Error> {
     let mut victims = Vec::new();
     {
         let mut stmt = tx.prepare_cached(sql)?;
-        let mut q = stmt.query(params![arg])?;
+        let mut q = stmt.query(rusqlite::params_from_iter(args.iter()))?;
         while let Some(r) = q.next()? {
             victims.push(map_row(r)?.0);
         }
@@ -770,7 +783,7 @@ fn drop_oldest(tx: &Transaction<'_>, dir: &Path, need: u64, p: &mut Pending) -> 
     let sql = format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND categories != 0 ORDER BY id LIMIT ?1");
     let mut freed = 0;
     while freed < need {
-        let (f, n) = drop_where(tx, dir, &sql, 64, DropReason::SpoolFull, p)?;
+        let (f, n) = drop_where(tx, dir, &sql, &[64], DropReason::SpoolFull, p)?;
         freed += f;
         if n == 0 {
             break;
@@ -780,9 +793,14 @@ fn drop_oldest(tx: &Transaction<'_>, dir: &Path, need: u64, p: &mut Pending) -> 
 }
 
 fn expire(tx: &Transaction<'_>, opts: &SqliteOptions, now: u64, p: &mut Pending) -> Result<(), rusqlite::Error> {
-    let cutoff = now.saturating_sub(u64::try_from(opts.max_age.as_millis()).unwrap_or(u64::MAX)) as i64;
-    let sql =
-        format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND received_ms < ?1 ORDER BY id LIMIT 1000");
-    drop_where(tx, &opts.dir, &sql, cutoff, DropReason::TooOld, p)?;
+    let age = u64::try_from(opts.max_age.as_millis()).unwrap_or(u64::MAX / 4);
+    let cutoff = now.saturating_sub(age) as i64;
+    // Client reports (no categories) summarise losses; they get twice the age before they go.
+    let report_cutoff = now.saturating_sub(age.saturating_mul(2)) as i64;
+    let sql = format!(
+        "SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND received_ms < ?1 \
+         AND (categories != 0 OR received_ms < ?2) ORDER BY id LIMIT 1000"
+    );
+    drop_where(tx, &opts.dir, &sql, &[cutoff, report_cutoff], DropReason::TooOld, p)?;
     Ok(())
 }

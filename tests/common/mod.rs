@@ -218,6 +218,7 @@ pub fn upstream_config(dir: &Path, pki: &Pki, up: &Upstream) -> Config {
 }
 
 pub async fn start(cfg: Config) -> Running {
+    init_logs();
     Sidecar::start(cfg).await.expect("sidecar starts")
 }
 
@@ -416,4 +417,116 @@ pub async fn metrics_text(addr: SocketAddr) -> String {
     let r = request(addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(r.status, 200);
     String::from_utf8(r.body).unwrap()
+}
+
+/// A port that nothing listens on (yet).
+pub async fn dead_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    port
+}
+
+/// A config whose upstream is `https://127.0.0.1:port` (up or not), trusting `pki`.
+pub fn config_for_port(dir: &Path, pki: &Pki, port: u16) -> Config {
+    let mut c = test_config(dir);
+    c.upstream = Some(UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap());
+    c.ca_file = Some(pki.ca_file.clone());
+    c
+}
+
+/// The value of one metric series (0 if absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap())).unwrap_or(0.0)
+}
+
+/// The event ids of every received envelope (header `event_id`), in arrival order.
+pub fn event_ids(rs: &[Received]) -> Vec<String> {
+    rs.iter()
+        .filter_map(|r| {
+            let line = r.body.split(|b| *b == b'\n').next()?;
+            let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+            v["event_id"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `secs` with `what`.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A transaction envelope (category `transaction`) with a fresh event id.
+pub fn transaction_envelope(marker: &str) -> (String, Vec<u8>) {
+    let id = format!("{:032x}", fastrand::u128(..));
+    let payload = format!(
+        r#"{{"event_id":"{id}","type":"transaction","transaction":"{marker}","start_timestamp":1,"timestamp":2,"spans":[]}}"#
+    );
+    let body =
+        format!("{{\"event_id\":\"{id}\"}}\n{{\"type\":\"transaction\",\"length\":{}}}\n{payload}\n", payload.len());
+    (id, body.into_bytes())
+}
+
+/// Sends the sidecar's logs to the test output when RUST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Serialises the tests of one binary that assert on metrics (the recorder is process-wide).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Metric values relative to a baseline taken when the test's sidecar started.
+pub struct Metrics {
+    addr: SocketAddr,
+    base: String,
+}
+
+impl Metrics {
+    pub async fn new(addr: SocketAddr) -> Metrics {
+        Metrics { addr, base: metrics_text(addr).await }
+    }
+
+    /// How much `series` grew since the baseline.
+    pub async fn delta(&self, series: &str) -> f64 {
+        metric_value(&metrics_text(self.addr).await, series) - metric_value(&self.base, series)
+    }
+
+    /// The current value of a gauge.
+    pub async fn gauge(&self, series: &str) -> f64 {
+        metric_value(&metrics_text(self.addr).await, series)
+    }
+
+    /// Waits until `series` grew by at least `n`.
+    pub async fn wait_delta(&self, series: &str, n: f64, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while self.delta(series).await < n {
+            assert!(tokio::time::Instant::now() < deadline, "{series} did not grow by {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Like [`eventually`], with an async condition.
+pub async fn eventually_async<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
