@@ -98,12 +98,19 @@ pub struct Running {
 impl Sidecar {
     /// Starts listeners and the dispatcher; returns once the sidecar is ready to accept.
     pub async fn start(cfg: Config) -> Result<Running, StartError> {
+        std::fs::create_dir_all(&cfg.spool_dir)
+            .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
+        let spool = spool::open(&cfg)
+            .map_err(|source| StartError::Spool { path: cfg.spool_dir.display().to_string(), source })?;
+        Self::start_with_spool(cfg, spool).await
+    }
+
+    /// Like [`Sidecar::start`], over a spool the caller opened (tests inject faults this way).
+    pub async fn start_with_spool(cfg: Config, spool: Arc<dyn Spool>) -> Result<Running, StartError> {
         let metrics = telemetry::metrics_handle();
         std::fs::create_dir_all(&cfg.spool_dir)
             .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
         let cfg = Arc::new(cfg);
-        let spool = spool::open(&cfg)
-            .map_err(|source| StartError::Spool { path: cfg.spool_dir.display().to_string(), source })?;
         let limits = Arc::new(RateLimits::new());
         let needs_client = cfg.upstream.is_some() || !cfg.routes.is_empty() || !cfg.tunnel_allow.is_empty();
         let client = if needs_client { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };

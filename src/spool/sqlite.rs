@@ -12,6 +12,7 @@
 //! commits, so the database stays small. A database that cannot be opened, or that turns out
 //! corrupt, is renamed aside (`spool.db.corrupt-<time>`) and a fresh one started.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -73,8 +74,6 @@ pub struct SqliteSpool {
     notify: Arc<Notify>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
-
-const LEASED: i64 = -1;
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -212,6 +211,10 @@ struct Db {
     last_expire: u64,
     file_seq: u64,
     queued_reports: bool,
+    /// Rows handed to dispatch and not yet acked or rescheduled. Kept in memory, not in the
+    /// database, so that reading needs no write (it must work on a full disk, to free it) and so
+    /// that a restart forgets them: what was being sent is sent again.
+    leased: HashSet<i64>,
 }
 
 /// Side effects of a transaction, applied only once it committed (or undone if it did not).
@@ -222,6 +225,7 @@ struct Pending {
     written: Vec<PathBuf>,
     to_delete: Vec<PathBuf>,
     dropped: Vec<Dropped>,
+    lease_add: Vec<i64>,
 }
 
 enum Out {
@@ -296,8 +300,7 @@ impl Db {
                  body BLOB,
                  body_file TEXT
              );
-             CREATE INDEX IF NOT EXISTS envelopes_due ON envelopes(due_ms, id);
-             UPDATE envelopes SET due_ms = received_ms WHERE due_ms < 0;"
+             CREATE INDEX IF NOT EXISTS envelopes_due ON envelopes(due_ms, id);"
         ))?;
         if let Some(pages) = opts.max_page_count {
             conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))?;
@@ -315,6 +318,7 @@ impl Db {
             last_expire: 0,
             file_seq: 0,
             queued_reports: false,
+            leased: HashSet::new(),
         };
         db.next_due = db.query_next_due(now_ms())?;
         if len > 0 {
@@ -344,7 +348,7 @@ impl Db {
         match self.run_group(&group, now) {
             Ok((outs, pending)) => {
                 self.commit_effects(pending);
-                self.set_error(shared, None);
+                self.clear_error_if_appended(&group, &outs, shared);
                 reply_all(group, outs);
             }
             Err(e) if group.len() > 1 && !is_corruption(&e) => {
@@ -353,6 +357,7 @@ impl Db {
                     match self.run_group(&single, now) {
                         Ok((outs, pending)) => {
                             self.commit_effects(pending);
+                            self.clear_error_if_appended(&single, &outs, shared);
                             reply_all(single, outs);
                         }
                         Err(e) => self.fail(single, e, shared),
@@ -368,6 +373,19 @@ impl Db {
 
     fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, shared: &Shared) {
         tracing::error!(error = %e, "spool transaction failed");
+        // The caller is done with these leases either way; a failed ack means a possible resend
+        // (Sentry deduplicates by event id), never a record stuck until restart.
+        for c in &group {
+            match c {
+                Cmd::Ack(ids, _) => ids.iter().for_each(|i| {
+                    self.leased.remove(&(*i as i64));
+                }),
+                Cmd::Reschedule(items, _) => items.iter().for_each(|r| {
+                    self.leased.remove(&(r.id as i64));
+                }),
+                _ => {}
+            }
+        }
         self.set_error(shared, Some(e.to_string()));
         let corrupt = is_corruption(&e);
         let outs = group.iter().map(|c| match c {
@@ -399,12 +417,21 @@ impl Db {
         }
     }
 
+    /// Readiness reports the last failed write until an append succeeds again.
+    fn clear_error_if_appended(&self, group: &[Cmd], outs: &[Out], shared: &Shared) {
+        let appended = group.iter().zip(outs).any(|(c, o)| matches!((c, o), (Cmd::Append(..), Out::Unit(Ok(())))));
+        if appended {
+            self.set_error(shared, None);
+        }
+    }
+
     fn set_error(&self, shared: &Shared, e: Option<String>) {
         // Disk-full is reported through the failing appends; readiness reflects any other error.
         *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
     fn commit_effects(&mut self, p: Pending) {
+        self.leased.extend(p.lease_add);
         self.len = (self.len as i64 + p.dlen).max(0) as u64;
         self.bytes = (self.bytes as i64 + p.dbytes).max(0) as u64;
         for f in p.to_delete {
@@ -421,20 +448,35 @@ impl Db {
             for cmd in group {
                 outs.push(match cmd {
                     Cmd::Append(records, _) => {
-                        Out::Unit(append(&tx, &self.opts, self.bytes, records, now, &mut pending, &mut self.file_seq)?)
+                        Out::Unit(append(
+                            &tx,
+                            &self.opts,
+                            &self.leased,
+                            self.bytes,
+                            records,
+                            now,
+                            &mut pending,
+                            &mut self.file_seq,
+                        )?)
                     }
                     Cmd::Read { max, max_bytes, now: at, .. } => {
                         if now.saturating_sub(self.last_expire) >= 1000 {
-                            expire(&tx, &self.opts, now, &mut pending)?;
+                            expire(&tx, &self.opts, &self.leased, now, &mut pending)?;
                         }
-                        Out::Batch(Ok(read(&tx, &self.opts, *max, *max_bytes, *at, &mut pending)?))
+                        Out::Batch(Ok(read(&tx, &self.opts, &self.leased, *max, *max_bytes, *at, &mut pending)?))
                     }
                     Cmd::Ack(ids, _) => {
                         ack(&tx, &self.opts.dir, ids, &mut pending)?;
+                        ids.iter().for_each(|i| {
+                    self.leased.remove(&(*i as i64));
+                });
                         Out::Unit(Ok(()))
                     }
                     Cmd::Reschedule(items, _) => {
                         reschedule(&tx, items)?;
+                        items.iter().for_each(|r| {
+                    self.leased.remove(&(r.id as i64));
+                });
                         Out::Unit(Ok(()))
                     }
                 });
@@ -513,9 +555,11 @@ fn target_text(t: &Target) -> &str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn append(
     tx: &Transaction<'_>,
     opts: &SqliteOptions,
+    leased: &HashSet<i64>,
     bytes_now: u64,
     records: &[Record],
     now: u64,
@@ -529,7 +573,7 @@ fn append(
             return Ok(Err(SpoolError::Full));
         }
         let need = current + incoming - opts.max_bytes;
-        let freed = drop_oldest(tx, &opts.dir, need, p)?;
+        let freed = drop_oldest(tx, &opts.dir, leased, need, p)?;
         if freed < need {
             return Ok(Err(SpoolError::Full));
         }
@@ -655,45 +699,45 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read(
     tx: &Transaction<'_>,
     opts: &SqliteOptions,
+    leased: &HashSet<i64>,
     max: usize,
     max_bytes: usize,
     now: u64,
     p: &mut Pending,
 ) -> Result<Vec<Queued>, rusqlite::Error> {
-    let sql = match opts.order {
-        DeliveryOrder::OldestFirst => {
-            format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms BETWEEN 0 AND ?1 ORDER BY due_ms, id LIMIT ?2")
-        }
-        DeliveryOrder::NewestFirst => {
-            format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms BETWEEN 0 AND ?1 ORDER BY due_ms DESC, id DESC LIMIT ?2")
-        }
+    let order = match opts.order {
+        DeliveryOrder::OldestFirst => "due_ms, id",
+        DeliveryOrder::NewestFirst => "due_ms DESC, id DESC",
     };
-    let mut rows = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(&sql)?;
-        let mut q = stmt.query(params![now as i64, max as i64])?;
-        let mut bytes = 0usize;
-        while let Some(r) = q.next()? {
-            let (row, size) = map_row(r)?;
-            bytes += size.max(0) as usize;
-            rows.push((row, size));
-            if bytes >= max_bytes {
-                break;
-            }
+    // Leased rows still match the query; ask for enough extra rows to skip them.
+    let sql = format!("SELECT id FROM envelopes WHERE due_ms <= ?1 ORDER BY {order} LIMIT ?2");
+    let skip = leased.len() + p.lease_add.len();
+    let ids: Vec<i64> = tx
+        .prepare_cached(&sql)?
+        .query_map(params![now as i64, (max + skip) as i64], |r| r.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?
+        .into_iter()
+        .filter(|id| !leased.contains(id) && !p.lease_add.contains(id))
+        .take(max)
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    let mut bytes = 0usize;
+    let mut stmt = tx.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE id = ?1"))?;
+    for id in ids {
+        if bytes >= max_bytes && !out.is_empty() {
+            break;
         }
-    }
-    let mut out = Vec::with_capacity(rows.len());
-    let mut lease = tx.prepare_cached("UPDATE envelopes SET due_ms = ?1 WHERE id = ?2")?;
-    for (row, size) in rows {
-        let id = row.id;
+        let Some((row, size)) = stmt.query_row(params![id], map_row).optional()? else { continue };
+        bytes += size.max(0) as usize;
         let attempts = row.attempts;
         let file = row.body_file.clone();
         match decode_row(&opts.dir, row) {
             Some(record) => {
-                lease.execute(params![LEASED, id])?;
+                p.lease_add.push(id);
                 out.push(Queued { id: id as u64, attempts: attempts.max(0) as u32, record: Arc::new(record) });
             }
             None => {
@@ -749,10 +793,12 @@ fn reschedule(tx: &Transaction<'_>, items: &[Reschedule]) -> Result<(), rusqlite
     Ok(())
 }
 
-/// Selects up to `limit` waiting (not leased) rows by `sql` and deletes them, recording why.
+/// Deletes the waiting (not leased) rows that `sql` selects, recording why; returns the bytes freed
+/// and how many rows were dropped.
 fn drop_where(
     tx: &Transaction<'_>,
-    opts_dir: &Path,
+    dir: &Path,
+    leased: &HashSet<i64>,
     sql: &str,
     args: &[i64],
     reason: DropReason,
@@ -763,7 +809,10 @@ fn drop_where(
         let mut stmt = tx.prepare_cached(sql)?;
         let mut q = stmt.query(rusqlite::params_from_iter(args.iter()))?;
         while let Some(r) = q.next()? {
-            victims.push(map_row(r)?.0);
+            let (row, _) = map_row(r)?;
+            if !leased.contains(&row.id) && !p.lease_add.contains(&row.id) {
+                victims.push(row);
+            }
         }
     }
     let n = victims.len();
@@ -771,36 +820,52 @@ fn drop_where(
     for v in victims {
         // Only the meta is needed to report the drop; skip reading large body files.
         let v = Row { body: None, body_file: None, ..v };
-        if let Some(rec) = decode_row(opts_dir, v) {
+        if let Some(rec) = decode_row(dir, v) {
             p.dropped.push(Dropped::of(&rec, reason));
         }
     }
-    let freed = delete_rows(tx, ids.into_iter(), p, opts_dir)?;
+    let freed = delete_rows(tx, ids.into_iter(), p, dir)?;
     Ok((freed, n))
 }
 
-fn drop_oldest(tx: &Transaction<'_>, dir: &Path, need: u64, p: &mut Pending) -> Result<u64, rusqlite::Error> {
-    let sql = format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND categories != 0 ORDER BY id LIMIT ?1");
+fn drop_oldest(
+    tx: &Transaction<'_>,
+    dir: &Path,
+    leased: &HashSet<i64>,
+    need: u64,
+    p: &mut Pending,
+) -> Result<u64, rusqlite::Error> {
+    // Client reports (no categories) are never dropped to make room; they are tiny.
+    let sql = format!("SELECT {ROW_COLUMNS} FROM envelopes WHERE categories != 0 AND id > ?1 ORDER BY id LIMIT 64");
     let mut freed = 0;
+    let mut after = 0i64;
     while freed < need {
-        let (f, n) = drop_where(tx, dir, &sql, &[64], DropReason::SpoolFull, p)?;
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT MAX(id) FROM (SELECT id FROM envelopes WHERE categories != 0 AND id > ?1 ORDER BY id LIMIT 64)")?
+            .query_row(params![after], |r| r.get(0))?;
+        let Some(last) = last else { break };
+        let (f, _) = drop_where(tx, dir, leased, &sql, &[after], DropReason::SpoolFull, p)?;
         freed += f;
-        if n == 0 {
-            break;
-        }
+        after = last;
     }
     Ok(freed)
 }
 
-fn expire(tx: &Transaction<'_>, opts: &SqliteOptions, now: u64, p: &mut Pending) -> Result<(), rusqlite::Error> {
+fn expire(
+    tx: &Transaction<'_>,
+    opts: &SqliteOptions,
+    leased: &HashSet<i64>,
+    now: u64,
+    p: &mut Pending,
+) -> Result<(), rusqlite::Error> {
     let age = u64::try_from(opts.max_age.as_millis()).unwrap_or(u64::MAX / 4);
     let cutoff = now.saturating_sub(age) as i64;
     // Client reports (no categories) summarise losses; they get twice the age before they go.
     let report_cutoff = now.saturating_sub(age.saturating_mul(2)) as i64;
     let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM envelopes WHERE due_ms >= 0 AND received_ms < ?1 \
+        "SELECT {ROW_COLUMNS} FROM envelopes WHERE received_ms < ?1 \
          AND (categories != 0 OR received_ms < ?2) ORDER BY id LIMIT 1000"
     );
-    drop_where(tx, &opts.dir, &sql, &[cutoff, report_cutoff], DropReason::TooOld, p)?;
+    drop_where(tx, &opts.dir, leased, &sql, &[cutoff, report_cutoff], DropReason::TooOld, p)?;
     Ok(())
 }
