@@ -141,11 +141,9 @@ async fn rate_limit_drop_policy_drops_counts_and_reports() {
     let up = Upstream::start_with(
         &pki,
         true,
-        Arc::new(|r, n| {
+        Arc::new(|_, n| {
             if n == 0 {
                 (429, vec![("x-sentry-rate-limits", "60:error:key".to_string())])
-            } else if r.body.windows(13).any(|w| w == b"client_report") {
-                (200, vec![])
             } else {
                 (200, vec![])
             }
@@ -208,7 +206,7 @@ async fn connection_resets_are_retried_with_backoff() {
     let first = tokio::spawn(async move {
         for _ in 0..3 {
             let (s, _) = listener.accept().await.unwrap();
-            s.set_linger(Some(Duration::ZERO)).unwrap();
+            s.set_zero_linger().unwrap();
             drop(s);
             r2.fetch_add(1, Ordering::SeqCst);
         }
@@ -287,7 +285,7 @@ async fn spool_full_reject_new_answers_503_and_loses_nothing_accepted() {
     let _serial = serial().await;
     let (_dir, pki, port, sidecar, statuses, metrics) = fill_while_down(FullPolicy::RejectNew).await;
     let accepted = statuses.iter().filter(|s| **s == 200).count();
-    assert!(accepted >= 5 && accepted < 20, "{statuses:?}");
+    assert!((5..20).contains(&accepted), "{statuses:?}");
     assert!(statuses[accepted..].iter().all(|s| *s == 503), "once full, every new envelope is refused: {statuses:?}");
     let (_, body) = error_envelope(&format!("fill-xx-{}", "x".repeat(300)));
     let r = post_envelope(sidecar.local_addr(), &body).await;

@@ -94,6 +94,12 @@ impl From<AuthError> for Refusal {
 impl From<SpoolError> for Refusal {
     fn from(e: SpoolError) -> Refusal {
         match e {
+            SpoolError::DiskFull => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "disk_full",
+                "cannot queue the event now: the sidecar's disk is nearly full",
+            )
+            .with_header("retry-after", "10".to_owned()),
             SpoolError::Full => {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", "the sidecar's spool is full; retry later")
                     .with_header("retry-after", "60".to_owned())

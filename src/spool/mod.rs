@@ -33,6 +33,9 @@ pub enum SpoolError {
     /// The spool is at its size bound and the policy refuses new data (answered 503 + Retry-After).
     #[error("spool is full")]
     Full,
+    /// The spool's filesystem is nearly full: new data is refused until deliveries free space.
+    #[error("the spool's disk is nearly full")]
+    DiskFull,
     /// The disk said no (ENOSPC, EIO, ...).
     #[error("spool I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -105,7 +105,8 @@ pub fn account(drops: &[Dropped], now_ms: u64) -> Vec<Record> {
         return Vec::new();
     }
     type Key = (Target, u64, String);
-    let mut groups: HashMap<Key, (Vec<(&'static str, &'static str, u64)>, &Dropped)> = HashMap::new();
+    type Counts = Vec<(&'static str, &'static str, u64)>;
+    let mut groups: HashMap<Key, (Counts, &Dropped)> = HashMap::new();
     for d in drops {
         for c in d.categories.iter() {
             counter!(t::DROPPED, "reason" => d.reason.label(), "category" => c.name()).increment(1);

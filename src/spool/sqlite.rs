@@ -180,7 +180,18 @@ impl Spool for SqliteSpool {
 }
 
 fn writer(mut db: Db, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, notify: Arc<Notify>) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if db.retry_backlog() {
+                    db.publish(&shared);
+                    notify.notify_one();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         while group.len() < 4096 {
             match rx.try_recv() {
@@ -215,6 +226,55 @@ struct Db {
     /// database, so that reading needs no write (it must work on a full disk, to free it) and so
     /// that a restart forgets them: what was being sent is sent again.
     leased: HashSet<i64>,
+    last_full: u64,
+    last_reserve_try: u64,
+    /// Acks and reschedules whose transaction failed (a full disk): their rows stay leased, so
+    /// they are not sent again, and the writes are retried until they commit.
+    failed_acks: Vec<u64>,
+    failed_reschedules: Vec<Reschedule>,
+    /// Last free-space check: (checked at, appends allowed).
+    space: (u64, bool),
+}
+
+/// Space kept in a file beside the database and given back when the disk fills up, so that the
+/// deletes that free the disk can still commit.
+const RESERVE_BYTES: usize = 512 * 1024;
+
+fn reserve_path(dir: &Path) -> PathBuf {
+    dir.join("spool.reserve")
+}
+
+fn write_reserve(path: &Path) {
+    if let Err(e) = std::fs::write(path, vec![0u8; RESERVE_BYTES]) {
+        let _ = std::fs::remove_file(path);
+        tracing::debug!(error = %e, "cannot write the spool's reserve file");
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `dir`, and its size.
+fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `st` points to writable memory of the
+    // right type, which statvfs fills in completely when it returns 0.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::ToSqlConversionFailure(inner) => {
+            inner.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        }
+        other => is_full(other),
+    }
 }
 
 /// Side effects of a transaction, applied only once it committed (or undone if it did not).
@@ -242,7 +302,7 @@ fn is_full(e: &rusqlite::Error) -> bool {
 }
 
 fn to_spool_err(e: rusqlite::Error) -> SpoolError {
-    if is_full(&e) {
+    if is_disk_full(&e) {
         SpoolError::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, e.to_string()))
     } else {
         SpoolError::Io(std::io::Error::other(e.to_string()))
@@ -319,7 +379,16 @@ impl Db {
             file_seq: 0,
             queued_reports: false,
             leased: HashSet::new(),
+            last_full: 0,
+            last_reserve_try: 0,
+            failed_acks: Vec::new(),
+            failed_reschedules: Vec::new(),
+            space: (0, true),
         };
+        let reserve = reserve_path(&db.opts.dir);
+        if !reserve.exists() {
+            write_reserve(&reserve);
+        }
         db.next_due = db.query_next_due(now_ms())?;
         if len > 0 {
             tracing::info!(envelopes = len, bytes, "spool opened with a backlog; delivering it");
@@ -343,9 +412,64 @@ impl Db {
 
     /// Applies a group in one transaction; if the transaction fails, each command is retried on its
     /// own so that one failing append does not fail the acks that came with it.
-    fn apply(&mut self, group: Vec<Cmd>, shared: &Shared) {
+    /// Retries failed acks and reschedules; returns whether they committed.
+    fn retry_backlog(&mut self) -> bool {
+        if self.failed_acks.is_empty() && self.failed_reschedules.is_empty() {
+            return false;
+        }
         let now = now_ms();
-        match self.run_group(&group, now) {
+        let acks = std::mem::take(&mut self.failed_acks);
+        let rescheds = std::mem::take(&mut self.failed_reschedules);
+        let attempt = |db: &mut Db| -> Result<Pending, rusqlite::Error> {
+            let mut p = Pending::default();
+            let tx = db.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            ack(&tx, &db.opts.dir, &acks, &mut p)?;
+            reschedule(&tx, &rescheds)?;
+            tx.commit()?;
+            Ok(p)
+        };
+        let result = match attempt(self) {
+            Err(e) if is_disk_full(&e) && self.make_room(now) => attempt(self),
+            other => other,
+        };
+        match result {
+            Ok(p) => {
+                for id in &acks {
+                    self.leased.remove(&(*id as i64));
+                }
+                for r in &rescheds {
+                    self.leased.remove(&(r.id as i64));
+                }
+                self.commit_effects(p);
+                tracing::info!(
+                    acks = acks.len(),
+                    reschedules = rescheds.len(),
+                    "spool writes that had failed are done"
+                );
+                if let Ok(d) = self.query_next_due(now) {
+                    self.next_due = d;
+                }
+                true
+            }
+            Err(_) => {
+                self.failed_acks = acks;
+                self.failed_reschedules = rescheds;
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, group: Vec<Cmd>, shared: &Shared) {
+        self.retry_backlog();
+        let now = now_ms();
+        if group.iter().any(|c| matches!(c, Cmd::Append(..))) {
+            self.check_space(now, shared);
+        }
+        let result = match self.run_group(&group, now) {
+            Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(&group, now),
+            other => other,
+        };
+        match result {
             Ok((outs, pending)) => {
                 self.commit_effects(pending);
                 self.clear_error_if_appended(&group, &outs, shared);
@@ -354,7 +478,11 @@ impl Db {
             Err(e) if group.len() > 1 && !is_corruption(&e) => {
                 for cmd in group {
                     let single = vec![cmd];
-                    match self.run_group(&single, now) {
+                    let result = match self.run_group(&single, now) {
+                        Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(&single, now),
+                        other => other,
+                    };
+                    match result {
                         Ok((outs, pending)) => {
                             self.commit_effects(pending);
                             self.clear_error_if_appended(&single, &outs, shared);
@@ -369,20 +497,77 @@ impl Db {
         if let Ok(d) = self.query_next_due(now) {
             self.next_due = d;
         }
+        self.maybe_restore_reserve(now);
+    }
+
+    /// On a full disk: give back the reserve file and truncate the WAL, so that acks (deletes) can
+    /// commit and free space. Returns whether anything was done that is worth a retry.
+    fn make_room(&mut self, now: u64) -> bool {
+        self.last_full = now;
+        let mut acted = false;
+        let reserve = reserve_path(&self.opts.dir);
+        if reserve.exists() && std::fs::remove_file(&reserve).is_ok() {
+            tracing::warn!(dir = %self.opts.dir.display(), "disk full: released the spool's reserve space");
+            acted = true;
+        }
+        if self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").is_ok() {
+            acted = true;
+        }
+        acted
+    }
+
+    /// Refuses appends while the filesystem is nearly full, keeping the rest of the space for the
+    /// deletes that free it. statvfs is one cheap syscall per group of appends.
+    fn check_space(&mut self, now: u64, shared: &Shared) {
+        // Pages freed by deliveries stay in the database file for reuse: they count as free.
+        let reusable = |conn: &Connection| -> u64 {
+            let pages: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap_or(0);
+            let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
+            (pages.max(0) as u64) * (size.max(0) as u64)
+        };
+        let ok = match disk_space(&self.opts.dir) {
+            Some((available, total)) => {
+                let watermark = (total / 20).clamp(1 << 20, 64 << 20);
+                if available + reusable(&self.conn) >= watermark {
+                    true
+                } else {
+                    // A truncated WAL gives its space back to the filesystem.
+                    let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                    disk_space(&self.opts.dir).is_some_and(|(a, _)| a + reusable(&self.conn) >= watermark)
+                }
+            }
+            None => true,
+        };
+        if ok && !self.space.1 {
+            tracing::info!(dir = %self.opts.dir.display(), "disk space is back: accepting new envelopes");
+        }
+        if !ok && self.space.1 {
+            tracing::warn!(dir = %self.opts.dir.display(), "disk nearly full: refusing new envelopes until deliveries free space");
+            self.set_error(shared, Some("the spool's disk is nearly full".into()));
+        }
+        self.space = (now, ok);
+    }
+
+    fn maybe_restore_reserve(&mut self, now: u64) {
+        if now.saturating_sub(self.last_full) < 30_000 || now.saturating_sub(self.last_reserve_try) < 10_000 {
+            return;
+        }
+        self.last_reserve_try = now;
+        let reserve = reserve_path(&self.opts.dir);
+        if !reserve.exists() {
+            write_reserve(&reserve);
+        }
     }
 
     fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, shared: &Shared) {
         tracing::error!(error = %e, "spool transaction failed");
-        // The caller is done with these leases either way; a failed ack means a possible resend
-        // (Sentry deduplicates by event id), never a record stuck until restart.
+        // Failed acks and reschedules keep their rows leased (so nothing is sent again in a
+        // loop) and are retried until they commit; a restart in between means a resend, which
+        // Sentry deduplicates by event id.
         for c in &group {
             match c {
-                Cmd::Ack(ids, _) => ids.iter().for_each(|i| {
-                    self.leased.remove(&(*i as i64));
-                }),
-                Cmd::Reschedule(items, _) => items.iter().for_each(|r| {
-                    self.leased.remove(&(r.id as i64));
-                }),
+                Cmd::Ack(ids, _) => self.failed_acks.extend(ids.iter().copied()),
+                Cmd::Reschedule(items, _) => self.failed_reschedules.extend(items.iter().copied()),
                 _ => {}
             }
         }
@@ -447,18 +632,17 @@ impl Db {
             let mut outs = Vec::with_capacity(group.len());
             for cmd in group {
                 outs.push(match cmd {
-                    Cmd::Append(records, _) => {
-                        Out::Unit(append(
-                            &tx,
-                            &self.opts,
-                            &self.leased,
-                            self.bytes,
-                            records,
-                            now,
-                            &mut pending,
-                            &mut self.file_seq,
-                        )?)
-                    }
+                    Cmd::Append(..) if !self.space.1 => Out::Unit(Err(SpoolError::DiskFull)),
+                    Cmd::Append(records, _) => Out::Unit(append(
+                        &tx,
+                        &self.opts,
+                        &self.leased,
+                        self.bytes,
+                        records,
+                        now,
+                        &mut pending,
+                        &mut self.file_seq,
+                    )?),
                     Cmd::Read { max, max_bytes, now: at, .. } => {
                         if now.saturating_sub(self.last_expire) >= 1000 {
                             expire(&tx, &self.opts, &self.leased, now, &mut pending)?;
@@ -468,15 +652,15 @@ impl Db {
                     Cmd::Ack(ids, _) => {
                         ack(&tx, &self.opts.dir, ids, &mut pending)?;
                         ids.iter().for_each(|i| {
-                    self.leased.remove(&(*i as i64));
-                });
+                            self.leased.remove(&(*i as i64));
+                        });
                         Out::Unit(Ok(()))
                     }
                     Cmd::Reschedule(items, _) => {
                         reschedule(&tx, items)?;
                         items.iter().for_each(|r| {
-                    self.leased.remove(&(r.id as i64));
-                });
+                            self.leased.remove(&(r.id as i64));
+                        });
                         Out::Unit(Ok(()))
                     }
                 });
@@ -841,7 +1025,9 @@ fn drop_oldest(
     let mut after = 0i64;
     while freed < need {
         let last: Option<i64> = tx
-            .prepare_cached("SELECT MAX(id) FROM (SELECT id FROM envelopes WHERE categories != 0 AND id > ?1 ORDER BY id LIMIT 64)")?
+            .prepare_cached(
+                "SELECT MAX(id) FROM (SELECT id FROM envelopes WHERE categories != 0 AND id > ?1 ORDER BY id LIMIT 64)",
+            )?
             .query_row(params![after], |r| r.get(0))?;
         let Some(last) = last else { break };
         let (f, _) = drop_where(tx, dir, leased, &sql, &[after], DropReason::SpoolFull, p)?;
