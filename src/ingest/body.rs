@@ -64,6 +64,12 @@ pub async fn decode(encoding: Option<String>, body: Bytes, limit: usize) -> Resu
         .map_err(|e| BodyError::Read(e.to_string()))?
 }
 
+/// Decodes synchronously (for benches and callers already off the async threads).
+pub fn decode_blocking(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+    let codings: Vec<String> = encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).collect();
+    decode_all(&codings, body, limit)
+}
+
 fn decode_all(codings: &[String], mut body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
     for c in codings.iter().rev() {
         body = decode_one(c, &body, limit)?;
