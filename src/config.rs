@@ -313,7 +313,7 @@ impl Config {
             },
         };
         let compression = pick!(compression, parse_compression, Compression::Gzip);
-        let gzip_level = pick!(gzip_level, parse_gzip_level, 3);
+        let gzip_level = pick!(gzip_level, parse_gzip_level, 1);
         let max_request_bytes = pick!(max_request_bytes, parse_size, 20 * 1024 * 1024);
         let max_decoded_bytes = pick!(max_decoded_bytes, parse_size, 100 * 1024 * 1024);
         let max_connections = pick!(max_connections, parse_count, 1024);
@@ -634,7 +634,7 @@ struct Cli {
     /// Outbound compression: gzip or none [default: gzip].
     #[arg(long, env = "SENTRY_SIDECAR_COMPRESSION", value_name = "ALGO", value_parser = parse_compression)]
     compression: Option<Compression>,
-    /// gzip level 0-9 [default: 3].
+    /// gzip level 0-9 [default: 1].
     #[arg(long, env = "SENTRY_SIDECAR_GZIP_LEVEL", value_name = "N", value_parser = parse_gzip_level)]
     gzip_level: Option<u32>,
     /// Largest request body on the wire, e.g. 20MiB [default: 20MiB].

@@ -41,7 +41,9 @@ async fn every_fixture_arrives_byte_for_byte_over_one_tls_connection() {
         assert_eq!(r.path, f.path, "{}: path and query (incl. query auth) unchanged", f.name);
         assert_eq!(r.header("x-sentry-auth"), f.header("x-sentry-auth"), "{}: header auth unchanged", f.name);
         assert_eq!(r.header("content-encoding"), Some("gzip"), "{}", f.name);
-        assert!(r.raw_body.len() < r.body.len(), "{}: gzip made it smaller", f.name);
+        if r.body.len() > 512 {
+            assert!(r.raw_body.len() < r.body.len() * 6 / 10, "{}: gzip made it at most 60 %", f.name);
+        }
         assert_eq!(r.header("user-agent"), f.header("user-agent"), "{}", f.name);
         assert_eq!(r.method, "POST");
         assert_eq!(r.version, http::Version::HTTP_2, "{}: HTTP/2 negotiated by ALPN", f.name);

@@ -75,13 +75,13 @@ http {
   ssl_certificate $work/server.pem;
   ssl_certificate_key $work/server.key;
   server {
-    listen 127.0.0.1:18443 ssl; http2 on;
+    listen 127.0.0.1:18443 ssl http2;
     access_log \$upstream_log up;
     set \$upstream_log $work/up/sidecar.log;
     location / { default_type application/json; return 200 '{"id":"00000000000000000000000000000000"}'; }
   }
   server {
-    listen 127.0.0.1:18444 ssl; http2 on;
+    listen 127.0.0.1:18444 ssl http2;
     access_log $work/up/proxy.log up;
     location / { default_type application/json; return 200 '{"id":"00000000000000000000000000000000"}'; }
   }
@@ -128,8 +128,8 @@ clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-count() { [ -f "$1" ] && grep -c ' 200$' "$1" || echo 0; }
-conns() { [ -f "$1" ] && awk '{print $1}' "$1" | sort -u | wc -l || echo 0; }
+count() { if [ -f "$1" ]; then grep -c ' 200$' "$1" || true; else echo 0; fi; }
+conns() { if [ -f "$1" ]; then awk '{print $1}' "$1" | sort -u | wc -l; else echo 0; fi; }
 avg_body() { awk '{s += $2; n++} END {if (n) printf "%.0f", s / n; else print 0}' "$1"; }
 wait_for_count() { # file target seconds
   local end=$((SECONDS + $3))
@@ -137,9 +137,10 @@ wait_for_count() { # file target seconds
 }
 nginx_worker() { pgrep -P "$(cat "$1")" | head -1; }
 
-start_sidecar() { # extra args...
+start_sidecar() { # upstream-port extra-args...
+  local port=$1; shift
   rm -rf "$work/spool"
-  taskset -c 0 "$BIN" --listen 127.0.0.1:13000 --upstream https://127.0.0.1:18443 --ca-file "$work/ca.pem" \
+  taskset -c 0 "$BIN" --listen 127.0.0.1:13000 --upstream "https://127.0.0.1:$port" --ca-file "$work/ca.pem" \
     --spool-dir "$work/spool" --log-level warn $SIDECAR_EXTRA "$@" 2>"$work/sidecar.log" &
   SIDECAR=$!
   pids+=("$SIDECAR")
@@ -157,7 +158,23 @@ measure() { # name url log pid concurrency
   local name=$1 url=$2 log=$3 pid=$4 c=$5
   local before_count; before_count=$(count "$log")
   local t0; t0=$(cpu_ticks "$pid")
+  local perf_pid=""
+  if [ -n "${PROFILE:-}" ] && [ "$name" = sidecar ]; then
+    perf record -e cpu-clock -F 1999 -g -p "$pid" -o "$PROFILE.c$c" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+  fi
+  local port=18443; [ "$name" = nginx ] && port=18444
+  echo 0 > "$work/peak_conns"
+  ( peak=0; while kill -0 "$pid" 2>/dev/null; do
+      n=$(ss -Htn state established "( dport = :$port )" 2>/dev/null | wc -l)
+      [ "$n" -gt "$peak" ] && peak=$n && echo "$peak" > "$work/peak_conns"
+      sleep 0.2
+    done ) &
+  local sampler=$!
   local r; r=$(run_wrk "$url" "$c")
+  kill "$sampler" 2>/dev/null || true
+  [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
+  local peak_conns; peak_conns=$(cat "$work/peak_conns")
   local acked=$(( $(field "$r" requests) - $(field "$r" non2xx) - $(field "$r" errors) ))
   wait_for_count "$log" $((before_count + acked)) 60
   local t1; t1=$(cpu_ticks "$pid")
@@ -165,12 +182,13 @@ measure() { # name url log pid concurrency
   local secs; secs=$(awk -v d="$(field "$r" duration_us)" 'BEGIN {print d / 1e6}')
   local rate; rate=$(awk -v a="$acked" -v s="$secs" 'BEGIN {printf "%.0f", a / s}')
   local cpu_us; cpu_us=$(awk -v t=$((t1 - t0)) -v k="$clk" -v n="$delivered" 'BEGIN {if (n) printf "%.1f", t / k * 1e6 / n; else print "inf"}')
-  results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$(conns "$log")|$(avg_body "$log")|$cpu_us|$(hwm_kb "$pid")")
+  results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$peak_conns|$(avg_body "$log")|$cpu_us|$(hwm_kb "$pid")")
   eval "R_${name}_${c}_rate=$rate R_${name}_${c}_p99=$(field "$r" p99_us) R_${name}_${c}_cpu=$cpu_us"
 }
 
 # --- runs ----------------------------------------------------------------------------------------
-start_sidecar
+start_sidecar 18443
+sleep 1
 IDLE_RSS=$(rss_kb "$SIDECAR")
 for c in $CONCURRENCIES; do
   measure sidecar http://127.0.0.1:13000/api/42/envelope/ "$work/up/sidecar.log" "$SIDECAR" "$c"
@@ -181,7 +199,7 @@ SIDECAR_PEAK=$(hwm_kb "$SIDECAR")
 kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
 
 # --- drain: build a backlog with the upstream refusing connections, then let it drain unpaced --
-start_sidecar --drain-rate 0 --upstream https://127.0.0.1:18445
+start_sidecar 18445 --drain-rate 0
 DURATION=$BACKLOG_SECONDS run_wrk http://127.0.0.1:13000/api/42/envelope/ 32 > "$work/backlog.txt"
 BACKLOG=$(curl -s http://127.0.0.1:13000/readyz | python3 -c 'import json,sys; print(json.load(sys.stdin)["spool_envelopes"])')
 BACKLOG_RSS=$(hwm_kb "$SIDECAR")
@@ -201,7 +219,7 @@ kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
 
 MILLION_LINE=""
 if [ "${MILLION:-0}" = 1 ]; then
-  start_sidecar --upstream https://127.0.0.1:18445 --spool-max-bytes 8GiB
+  start_sidecar 18445 --spool-max-bytes 8GiB
   while :; do
     n=$(curl -s http://127.0.0.1:13000/readyz | python3 -c 'import json,sys; print(json.load(sys.stdin)["spool_envelopes"])')
     [ "$n" -ge 1000000 ] && break
@@ -217,7 +235,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "envelope: $RAW_BYTES bytes raw; ${DURATION}s per run; sidecar/proxy on core 0, wrk + upstream on core 1"
 echo
 printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %8s | %9s |\n' \
-  run "acked/s" "p50 us" "p99 us" acked "upstream" non2xx "up conns" "up B/env" "CPU us/env" "peak RSS KB"
+  run "acked/s" "p50 us" "p99 us" acked "upstream" non2xx "peak up conns" "up B/env" "CPU us/env" "peak RSS KB"
 printf '|%s|\n' "------------------|-----------|----------|----------|----------|-----------|-------|----------|-----------|----------|------------"
 for r in "${results[@]}"; do
   IFS='|' read -r a b c d e f g h i j k <<<"$r"

@@ -66,7 +66,8 @@ pub async fn decode(encoding: Option<String>, body: Bytes, limit: usize) -> Resu
 
 /// Decodes synchronously (for benches and callers already off the async threads).
 pub fn decode_blocking(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    let codings: Vec<String> = encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).collect();
+    let codings: Vec<String> =
+        encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).collect();
     decode_all(&codings, body, limit)
 }
 

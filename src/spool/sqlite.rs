@@ -234,6 +234,43 @@ struct Db {
     failed_reschedules: Vec<Reschedule>,
     /// Last free-space check: (checked at, appends allowed).
     space: (u64, bool),
+    /// Records appended and not yet leased, so that dispatch gets them without reading the body
+    /// back from the database (the common case: dispatch is milliseconds behind ingest).
+    cache: RecordCache,
+}
+
+/// A byte-bounded FIFO of recently appended records, by row id.
+#[derive(Default)]
+struct RecordCache {
+    map: std::collections::HashMap<i64, Arc<Record>>,
+    order: std::collections::VecDeque<i64>,
+    bytes: usize,
+}
+
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+impl RecordCache {
+    fn insert(&mut self, id: i64, r: Record) {
+        self.bytes += r.body.len();
+        self.map.insert(id, Arc::new(r));
+        self.order.push_back(id);
+        while self.bytes > CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(r) = self.map.remove(&old) {
+                self.bytes -= r.body.len();
+            }
+        }
+        if self.order.len() > 4 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+        }
+    }
+
+    fn take(&mut self, id: i64) -> Option<Arc<Record>> {
+        let r = self.map.remove(&id)?;
+        self.bytes -= r.body.len();
+        Some(r)
+    }
 }
 
 /// Space kept in a file beside the database and given back when the disk fills up, so that the
@@ -286,6 +323,7 @@ struct Pending {
     to_delete: Vec<PathBuf>,
     dropped: Vec<Dropped>,
     lease_add: Vec<i64>,
+    inserted: Vec<i64>,
 }
 
 enum Out {
@@ -384,6 +422,7 @@ impl Db {
             failed_acks: Vec::new(),
             failed_reschedules: Vec::new(),
             space: (0, true),
+            cache: RecordCache::default(),
         };
         let reserve = reserve_path(&db.opts.dir);
         if !reserve.exists() {
@@ -470,7 +509,9 @@ impl Db {
             other => other,
         };
         match result {
-            Ok((outs, pending)) => {
+            Ok((outs, mut pending)) => {
+                let mut group = group;
+                self.cache_appended(&mut group, &outs, &mut pending);
                 self.commit_effects(pending);
                 self.clear_error_if_appended(&group, &outs, shared);
                 reply_all(group, outs);
@@ -483,7 +524,9 @@ impl Db {
                         other => other,
                     };
                     match result {
-                        Ok((outs, pending)) => {
+                        Ok((outs, mut pending)) => {
+                            let mut single = single;
+                            self.cache_appended(&mut single, &outs, &mut pending);
                             self.commit_effects(pending);
                             self.clear_error_if_appended(&single, &outs, shared);
                             reply_all(single, outs);
@@ -602,6 +645,21 @@ impl Db {
         }
     }
 
+    /// Moves the records of committed appends into the cache, by the ids the inserts got.
+    fn cache_appended(&mut self, group: &mut [Cmd], outs: &[Out], p: &mut Pending) {
+        let mut ids = p.inserted.iter().copied();
+        for (cmd, out) in group.iter_mut().zip(outs) {
+            if let (Cmd::Append(records, _), Out::Unit(Ok(()))) = (cmd, out) {
+                for r in records.drain(..) {
+                    match ids.next() {
+                        Some(id) => self.cache.insert(id, r),
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
     /// Readiness reports the last failed write until an append succeeds again.
     fn clear_error_if_appended(&self, group: &[Cmd], outs: &[Out], shared: &Shared) {
         let appended = group.iter().zip(outs).any(|(c, o)| matches!((c, o), (Cmd::Append(..), Out::Unit(Ok(())))));
@@ -647,7 +705,16 @@ impl Db {
                         if now.saturating_sub(self.last_expire) >= 1000 {
                             expire(&tx, &self.opts, &self.leased, now, &mut pending)?;
                         }
-                        Out::Batch(Ok(read(&tx, &self.opts, &self.leased, *max, *max_bytes, *at, &mut pending)?))
+                        Out::Batch(Ok(read(
+                            &tx,
+                            &self.opts,
+                            &self.leased,
+                            &mut self.cache,
+                            *max,
+                            *max_bytes,
+                            *at,
+                            &mut pending,
+                        )?))
                     }
                     Cmd::Ack(ids, _) => {
                         ack(&tx, &self.opts.dir, ids, &mut pending)?;
@@ -800,6 +867,7 @@ fn insert_all(
             inline,
             file,
         ])?;
+        p.inserted.push(tx.last_insert_rowid());
         p.dlen += 1;
         p.dbytes += r.body.len() as i64;
     }
@@ -888,6 +956,7 @@ fn read(
     tx: &Transaction<'_>,
     opts: &SqliteOptions,
     leased: &HashSet<i64>,
+    cache: &mut RecordCache,
     max: usize,
     max_bytes: usize,
     now: u64,
@@ -914,6 +983,12 @@ fn read(
     for id in ids {
         if bytes >= max_bytes && !out.is_empty() {
             break;
+        }
+        if let Some(record) = cache.take(id) {
+            bytes += record.body.len();
+            p.lease_add.push(id);
+            out.push(Queued { id: id as u64, attempts: 0, record });
+            continue;
         }
         let Some((row, size)) = stmt.query_row(params![id], map_row).optional()? else { continue };
         bytes += size.max(0) as usize;
