@@ -226,6 +226,21 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Where a request of this project and key goes: the first matching route, else the default
+    /// upstream, else the capture sink. Dispatch asks again at send time, so a restart with a
+    /// changed configuration applies to the backlog too (tunnel requests keep their DSN's host).
+    pub fn target_for(&self, project_id: u64, key: &str) -> crate::spool::Target {
+        for r in &self.routes {
+            if r.project.is_none_or(|p| p == project_id) && r.key.as_deref().is_none_or(|k| k == key) {
+                return crate::spool::Target::Upstream(r.upstream.clone());
+            }
+        }
+        match &self.upstream {
+            Some(u) => crate::spool::Target::Upstream(u.clone()),
+            None => crate::spool::Target::Capture,
+        }
+    }
+
     /// A configuration with every default, listening on `listen`: the base for tests and embedding.
     pub fn with_defaults(listen: SocketAddr, spool_dir: PathBuf) -> Config {
         // The built-in defaults are constants checked by the unit tests below.

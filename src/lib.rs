@@ -147,8 +147,14 @@ impl Sidecar {
                 cfg.shutdown_timeout,
             )));
         }
-        let dispatcher =
-            Arc::new(Dispatcher::new(spool.clone(), client, capture, limits, DispatchConfig::from_config(&cfg)));
+        let dispatcher = Arc::new(Dispatcher::new(
+            spool.clone(),
+            client,
+            capture,
+            limits,
+            cfg.clone(),
+            DispatchConfig::from_config(&cfg),
+        ));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx));
         admin.set_ready(true);
         tracing::info!(

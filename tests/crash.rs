@@ -140,3 +140,23 @@ async fn power_durability_delivers() {
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_follows_a_changed_upstream_across_a_restart() {
+    let pki = Pki::new();
+    let wrong_port = dead_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let listen = free_addr();
+    let mut first = spawn(&spool, listen, wrong_port, &pki, &[]);
+    let acked = send_many(listen, 20).await;
+    signal(&first, "-TERM");
+    assert!(first.wait().unwrap().success());
+    // The operator fixes the upstream URL and restarts: the backlog goes to the new one.
+    let up = Upstream::start(&pki).await;
+    let mut second = spawn(&spool, listen, up.addr.port(), &pki, &[]);
+    up.wait_for(20, 20).await;
+    assert_eq!(event_ids(&up.received()).into_iter().collect::<HashSet<_>>(), acked);
+    signal(&second, "-TERM");
+    assert!(second.wait().unwrap().success());
+}

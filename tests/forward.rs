@@ -42,7 +42,10 @@ async fn every_fixture_arrives_byte_for_byte_over_one_tls_connection() {
         assert_eq!(r.header("x-sentry-auth"), f.header("x-sentry-auth"), "{}: header auth unchanged", f.name);
         assert_eq!(r.header("content-encoding"), Some("gzip"), "{}", f.name);
         if r.body.len() > 512 {
-            assert!(r.raw_body.len() < r.body.len() * 6 / 10, "{}: gzip made it at most 60 %", f.name);
+            assert!(r.raw_body.len() < r.body.len(), "{}: gzip made it smaller", f.name);
+        }
+        if r.body.len() > 2000 {
+            assert!(r.raw_body.len() * 10 < r.body.len() * 6, "{}: gzip made it at most 60 %", f.name);
         }
         assert_eq!(r.header("user-agent"), f.header("user-agent"), "{}", f.name);
         assert_eq!(r.method, "POST");

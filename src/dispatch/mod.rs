@@ -246,6 +246,7 @@ pub struct Dispatcher {
     limits: Arc<RateLimits>,
     recovered: AtomicBool,
     cfg: DispatchConfig,
+    routes: Arc<Config>,
 }
 
 impl Dispatcher {
@@ -255,9 +256,19 @@ impl Dispatcher {
         client: Option<Arc<UpstreamClient>>,
         capture: Arc<Capture>,
         limits: Arc<RateLimits>,
+        routes: Arc<Config>,
         cfg: DispatchConfig,
     ) -> Dispatcher {
-        Dispatcher { spool, client, capture, upstreams: DashMap::new(), limits, recovered: AtomicBool::new(false), cfg }
+        Dispatcher {
+            spool,
+            client,
+            capture,
+            upstreams: DashMap::new(),
+            limits,
+            recovered: AtomicBool::new(false),
+            cfg,
+            routes,
+        }
     }
 
     /// Runs until `shutdown` turns true, then waits up to the shutdown timeout for deliveries in
@@ -350,7 +361,7 @@ impl Dispatcher {
     }
 
     fn is_blocked(&self, q: &Queued) -> bool {
-        match &q.record.target {
+        match &self.target_of(&q.record) {
             Target::Upstream(u) => self.upstreams.get(u).is_some_and(|s| s.is_open()),
             Target::Capture => false,
         }
@@ -401,9 +412,20 @@ impl Dispatcher {
         self.upstreams.entry(url.clone()).or_insert_with(|| Arc::new(UpstreamState::new(url.clone()))).clone()
     }
 
+    /// Where a record goes now: tunnel records keep their DSN's host; everything else follows the
+    /// current routes, so a backlog follows a configuration change across a restart.
+    fn target_of(&self, rec: &crate::spool::Record) -> Target {
+        if rec.endpoint == crate::spool::Endpoint::Tunnel {
+            rec.target.clone()
+        } else {
+            self.routes.target_for(rec.project_id, &rec.public_key)
+        }
+    }
+
     async fn deliver(self: Arc<Self>, q: Queued) -> Settle {
         let rec = &q.record;
-        let url = match &rec.target {
+        let target = self.target_of(rec);
+        let url = match &target {
             Target::Capture => {
                 return match self.capture.write(rec).await {
                     Ok(()) => {

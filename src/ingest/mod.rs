@@ -236,7 +236,7 @@ impl Ingest {
             (None, None, None) => return Err(AuthError::Missing.into()),
         };
         let project_id = project_id.unwrap_or(0);
-        let target = self.target(project_id, &public_key);
+        let target = self.cfg.target_for(project_id, &public_key);
         let path_and_query =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
         let record = Record {
@@ -296,18 +296,6 @@ impl Ingest {
         Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limited upstream; retry later")
             .with_header("retry-after", secs.to_string())
             .with_header("x-sentry-rate-limits", format!("{secs}:{}:key", cats.join(";"))))
-    }
-
-    fn target(&self, project_id: u64, key: &str) -> Target {
-        for r in &self.cfg.routes {
-            if r.project.is_none_or(|p| p == project_id) && r.key.as_deref().is_none_or(|k| k == key) {
-                return Target::Upstream(r.upstream.clone());
-            }
-        }
-        match &self.cfg.upstream {
-            Some(u) => Target::Upstream(u.clone()),
-            None => Target::Capture,
-        }
     }
 
     /// The browser tunnel: forwards an envelope to the DSN in its header, only if that DSN's host

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
@@ -234,6 +234,7 @@ struct Db {
     failed_reschedules: Vec<Reschedule>,
     /// Last free-space check: (checked at, appends allowed).
     space: (u64, bool),
+    space_tight: bool,
     /// Records appended and not yet leased, so that dispatch gets them without reading the body
     /// back from the database (the common case: dispatch is milliseconds behind ingest).
     cache: RecordCache,
@@ -247,7 +248,7 @@ struct RecordCache {
     bytes: usize,
 }
 
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 impl RecordCache {
     fn insert(&mut self, id: i64, r: Record) {
@@ -364,6 +365,8 @@ impl Db {
                                 | ErrorCode::PermissionDenied
                                 | ErrorCode::ReadOnly
                                 | ErrorCode::DiskFull
+                                | ErrorCode::DatabaseBusy
+                                | ErrorCode::DatabaseLocked
                         )
                     ) =>
             {
@@ -378,6 +381,10 @@ impl Db {
     fn open(opts: SqliteOptions) -> Result<Db, rusqlite::Error> {
         let conn = Connection::open(Db::db_path(&opts.dir))?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // One process owns the spool: exclusive locking keeps the WAL index in memory (no -shm
+        // file, no file locks per transaction) and makes a second sidecar on the same directory
+        // fail to start instead of sharing it.
+        conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "SQLite refused WAL mode; durability still holds, throughput is lower");
@@ -386,6 +393,7 @@ impl Db {
         conn.execute_batch(&format!(
             "PRAGMA synchronous={sync};
              PRAGMA temp_store=MEMORY;
+             PRAGMA wal_autocheckpoint=4000;
              CREATE TABLE IF NOT EXISTS envelopes (
                  id INTEGER PRIMARY KEY,
                  received_ms INTEGER NOT NULL,
@@ -422,6 +430,7 @@ impl Db {
             failed_acks: Vec::new(),
             failed_reschedules: Vec::new(),
             space: (0, true),
+            space_tight: true,
             cache: RecordCache::default(),
         };
         let reserve = reserve_path(&db.opts.dir);
@@ -461,11 +470,14 @@ impl Db {
         let rescheds = std::mem::take(&mut self.failed_reschedules);
         let attempt = |db: &mut Db| -> Result<Pending, rusqlite::Error> {
             let mut p = Pending::default();
-            let tx = db.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            ack(&tx, &db.opts.dir, &acks, &mut p)?;
-            reschedule(&tx, &rescheds)?;
-            tx.commit()?;
-            Ok(p)
+            let tx = &db.conn;
+            begin(tx)?;
+            let done =
+                ack(tx, &db.opts.dir, &acks, &mut p).and_then(|()| reschedule(tx, &rescheds)).and_then(|()| commit(tx));
+            if done.is_err() {
+                rollback(tx);
+            }
+            done.map(|()| p)
         };
         let result = match attempt(self) {
             Err(e) if is_disk_full(&e) && self.make_room(now) => attempt(self),
@@ -560,8 +572,12 @@ impl Db {
     }
 
     /// Refuses appends while the filesystem is nearly full, keeping the rest of the space for the
-    /// deletes that free it. statvfs is one cheap syscall per group of appends.
+    /// deletes that free it. Checked every 100 ms, or on every group of appends once the free
+    /// space is within a few watermarks of the limit.
     fn check_space(&mut self, now: u64, shared: &Shared) {
+        if self.space.1 && !self.space_tight && now.saturating_sub(self.space.0) < 100 {
+            return;
+        }
         // Pages freed by deliveries stay in the database file for reuse: they count as free.
         let reusable = |conn: &Connection| -> u64 {
             let pages: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap_or(0);
@@ -571,6 +587,7 @@ impl Db {
         let ok = match disk_space(&self.opts.dir) {
             Some((available, total)) => {
                 let watermark = (total / 20).clamp(1 << 20, 64 << 20);
+                self.space_tight = available < watermark.saturating_mul(4);
                 if available + reusable(&self.conn) >= watermark {
                     true
                 } else {
@@ -686,13 +703,14 @@ impl Db {
     fn run_group(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
         let mut pending = Pending::default();
         let result = (|| {
-            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = &self.conn;
+            begin(tx)?;
             let mut outs = Vec::with_capacity(group.len());
             for cmd in group {
                 outs.push(match cmd {
                     Cmd::Append(..) if !self.space.1 => Out::Unit(Err(SpoolError::DiskFull)),
                     Cmd::Append(records, _) => Out::Unit(append(
-                        &tx,
+                        tx,
                         &self.opts,
                         &self.leased,
                         self.bytes,
@@ -703,10 +721,10 @@ impl Db {
                     )?),
                     Cmd::Read { max, max_bytes, now: at, .. } => {
                         if now.saturating_sub(self.last_expire) >= 1000 {
-                            expire(&tx, &self.opts, &self.leased, now, &mut pending)?;
+                            expire(tx, &self.opts, &self.leased, now, &mut pending)?;
                         }
                         Out::Batch(Ok(read(
-                            &tx,
+                            tx,
                             &self.opts,
                             &self.leased,
                             &mut self.cache,
@@ -717,14 +735,14 @@ impl Db {
                         )?))
                     }
                     Cmd::Ack(ids, _) => {
-                        ack(&tx, &self.opts.dir, ids, &mut pending)?;
+                        ack(tx, &self.opts.dir, ids, &mut pending)?;
                         ids.iter().for_each(|i| {
                             self.leased.remove(&(*i as i64));
                         });
                         Out::Unit(Ok(()))
                     }
                     Cmd::Reschedule(items, _) => {
-                        reschedule(&tx, items)?;
+                        reschedule(tx, items)?;
                         items.iter().for_each(|r| {
                             self.leased.remove(&(r.id as i64));
                         });
@@ -734,12 +752,15 @@ impl Db {
             }
             let reports = report::account(&std::mem::take(&mut pending.dropped), now);
             if !reports.is_empty() {
-                insert_all(&tx, &self.opts, &reports, now, &mut pending, &mut self.file_seq)?;
+                insert_all(tx, &self.opts, &reports, now, &mut pending, &mut self.file_seq)?;
                 self.queued_reports = true;
             }
-            tx.commit()?;
+            commit(tx)?;
             Ok(outs)
         })();
+        if result.is_err() {
+            rollback(&self.conn);
+        }
         match result {
             Ok(outs) => {
                 if group.iter().any(|c| matches!(c, Cmd::Read { .. })) && now.saturating_sub(self.last_expire) >= 1000 {
@@ -754,6 +775,21 @@ impl Db {
                 Err(e)
             }
         }
+    }
+}
+
+/// `BEGIN IMMEDIATE` with a cached statement (rusqlite's `Transaction` parses it on every call).
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]).map(drop)
+}
+
+fn commit(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([]).map(drop)
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
@@ -808,7 +844,7 @@ fn target_text(t: &Target) -> &str {
 
 #[allow(clippy::too_many_arguments)]
 fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     opts: &SqliteOptions,
     leased: &HashSet<i64>,
     bytes_now: u64,
@@ -834,7 +870,7 @@ fn append(
 }
 
 fn insert_all(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     opts: &SqliteOptions,
     records: &[Record],
     now: u64,
@@ -953,7 +989,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
 
 #[allow(clippy::too_many_arguments)]
 fn read(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     opts: &SqliteOptions,
     leased: &HashSet<i64>,
     cache: &mut RecordCache,
@@ -1017,7 +1053,7 @@ fn read(
 }
 
 fn delete_rows(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ids: impl Iterator<Item = i64>,
     p: &mut Pending,
     dir: &Path,
@@ -1039,12 +1075,12 @@ fn delete_rows(
     Ok(freed)
 }
 
-fn ack(tx: &Transaction<'_>, dir: &Path, ids: &[u64], p: &mut Pending) -> Result<(), rusqlite::Error> {
+fn ack(tx: &Connection, dir: &Path, ids: &[u64], p: &mut Pending) -> Result<(), rusqlite::Error> {
     delete_rows(tx, ids.iter().map(|i| *i as i64), p, dir)?;
     Ok(())
 }
 
-fn reschedule(tx: &Transaction<'_>, items: &[Reschedule]) -> Result<(), rusqlite::Error> {
+fn reschedule(tx: &Connection, items: &[Reschedule]) -> Result<(), rusqlite::Error> {
     let mut stmt = tx.prepare_cached("UPDATE envelopes SET due_ms = ?1, attempts = attempts + ?2 WHERE id = ?3")?;
     for r in items {
         stmt.execute(params![r.due_ms as i64, i64::from(r.count_attempt), r.id as i64])?;
@@ -1055,7 +1091,7 @@ fn reschedule(tx: &Transaction<'_>, items: &[Reschedule]) -> Result<(), rusqlite
 /// Deletes the waiting (not leased) rows that `sql` selects, recording why; returns the bytes freed
 /// and how many rows were dropped.
 fn drop_where(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     dir: &Path,
     leased: &HashSet<i64>,
     sql: &str,
@@ -1088,7 +1124,7 @@ fn drop_where(
 }
 
 fn drop_oldest(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     dir: &Path,
     leased: &HashSet<i64>,
     need: u64,
@@ -1113,7 +1149,7 @@ fn drop_oldest(
 }
 
 fn expire(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     opts: &SqliteOptions,
     leased: &HashSet<i64>,
     now: u64,
