@@ -85,13 +85,16 @@ fn envelope_2500() -> Bytes {
 
 fn outbound(c: &mut Criterion) {
     let env = envelope_2500();
-    let mut g = c.benchmark_group("outbound_gzip");
+    let mut g = c.benchmark_group("outbound_compress");
     g.throughput(Throughput::Bytes(env.len() as u64));
     for level in [1, 3, 6] {
-        g.bench_function(format!("level_{level}"), |b| {
+        g.bench_function(format!("gzip_level_{level}"), |b| {
             b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Gzip, level))
         });
     }
+    g.bench_function("zstd_default", |b| {
+        b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Zstd, 1))
+    });
     g.finish();
 }
 

@@ -144,3 +144,25 @@ async fn per_project_routes_pick_their_upstream() {
     assert_eq!(default.len(), 1);
     sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_option_is_smaller_than_gzip() {
+    let pki = Pki::new();
+    let mut sizes = Vec::new();
+    for algo in [sentry_sidecar::config::Compression::Gzip, sentry_sidecar::config::Compression::Zstd] {
+        let up = Upstream::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = upstream_config(dir.path(), &pki, &up);
+        cfg.compression = algo;
+        let sidecar = start(cfg).await;
+        let f = load_fixture("02_sdk_error_gzip");
+        assert_eq!(raw(sidecar.local_addr(), &f.wire(sidecar.local_addr())).await.status, 200);
+        let got = up.wait_for(1, 10).await;
+        assert_eq!(got[0].body[..], f.decoded()[..]);
+        let expected = if algo == sentry_sidecar::config::Compression::Zstd { "zstd" } else { "gzip" };
+        assert_eq!(got[0].header("content-encoding"), Some(expected));
+        sizes.push(got[0].raw_body.len());
+        sidecar.shutdown().await;
+    }
+    assert!(sizes[1] <= sizes[0], "zstd {} bytes, gzip {} bytes", sizes[1], sizes[0]);
+}

@@ -393,7 +393,6 @@ impl Db {
         conn.execute_batch(&format!(
             "PRAGMA synchronous={sync};
              PRAGMA temp_store=MEMORY;
-             PRAGMA wal_autocheckpoint=4000;
              CREATE TABLE IF NOT EXISTS envelopes (
                  id INTEGER PRIMARY KEY,
                  received_ms INTEGER NOT NULL,

@@ -1,5 +1,6 @@
 //! Outbound compression. gzip by default: it shrinks JSON envelopes to about half at level 1 and
-//! every Sentry ingest endpoint accepts it.
+//! every Sentry ingest endpoint accepts it. zstd is the option for upstreams that take it (Relay
+//! does): smaller output for less CPU.
 //!
 //! The deflate state (hash tables and window, a few hundred KB) is kept per thread and reset
 //! between bodies instead of being allocated and zeroed for every envelope, which the profile
@@ -26,7 +27,17 @@ pub fn compress(body: &Bytes, algo: Compression, level: u32) -> (Bytes, Option<&
             Some(out) => (out, Some("gzip")),
             None => (body.clone(), None),
         },
+        Compression::Zstd => match zstd::bulk::compress(body, zstd_level(level)) {
+            Ok(out) => (Bytes::from(out), Some("zstd")),
+            Err(_) => (body.clone(), None),
+        },
     }
+}
+
+/// zstd levels for the gzip-style 0-9 setting: the default 1 becomes zstd's own default 3 (still
+/// faster than gzip level 1, and smaller), 9 becomes 19.
+fn zstd_level(level: u32) -> i32 {
+    (level as i32 * 2 + 1).min(19)
 }
 
 fn gzip(body: &[u8], level: u32) -> Option<Bytes> {
@@ -85,5 +96,8 @@ mod tests {
         assert_eq!(gunzip(&out), b"");
         let (out, enc) = compress(&body, Compression::None, 3);
         assert_eq!((&out[..], enc), (&raw[..], None));
+        let (out, enc) = compress(&body, Compression::Zstd, 1);
+        assert_eq!(enc, Some("zstd"));
+        assert_eq!(zstd::stream::decode_all(&out[..]).unwrap(), raw);
     }
 }

@@ -136,6 +136,7 @@ impl Upstream {
                                     flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
                                     Bytes::from(out)
                                 }
+                                Some("zstd") => Bytes::from(zstd::stream::decode_all(&raw[..]).unwrap()),
                                 Some(other) => panic!("unexpected upstream encoding {other}"),
                                 None => raw.clone(),
                             };
