@@ -58,7 +58,7 @@ fn invalid(key: &str, message: impl ToString) -> ConfigError {
 pub enum Compression {
     /// gzip (flate2), the default: every Sentry ingest endpoint accepts it.
     Gzip,
-    /// zstd: smaller and cheaper than gzip; Sentry's ingestion (Relay) decodes it.
+    /// zstd: a little smaller than gzip level 1; Sentry's ingestion (Relay) decodes it.
     Zstd,
     /// Send bodies as they are.
     None,
