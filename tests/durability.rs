@@ -391,3 +391,71 @@ async fn sent_at_of_a_held_envelope_moves_by_the_hold_time() {
     assert_eq!(&got[0].body[line_end..], &body[body.iter().position(|b| *b == b'\n').unwrap()..]);
     sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_drains_at_the_configured_rate_after_recovery() {
+    let _serial = serial().await;
+    let pki = Pki::new();
+    let port = dead_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for_port(dir.path(), &pki, port);
+    cfg.circuit_grace = Duration::from_millis(200);
+    cfg.retry_initial = Duration::from_millis(50);
+    cfg.retry_max = Duration::from_millis(200);
+    cfg.drain_rate = 40;
+    cfg.batch_size = 8;
+    let sidecar = start(cfg).await;
+    for i in 0..100 {
+        assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope(&format!("paced-{i}")).1).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let started = Instant::now();
+    up.wait_for(20, 10).await;
+    // 40/s with a burst of at most 4: the backlog of 100 takes about 2.5 s, not a few ms.
+    let after_one_second = {
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+        up.received().len()
+    };
+    assert!(after_one_second <= 60, "{after_one_second} delivered within a second at 40/s");
+    up.wait_for(100, 20).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "drained in {:?}", started.elapsed());
+    assert_eq!(event_ids(&up.received()).into_iter().collect::<HashSet<_>>().len(), 100);
+    sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_first_delivery_order() {
+    let _serial = serial().await;
+    let pki = Pki::new();
+    let port = dead_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for_port(dir.path(), &pki, port);
+    cfg.delivery_order = sentry_sidecar::config::DeliveryOrder::NewestFirst;
+    cfg.h2_concurrency = 1;
+    cfg.h1_connections = 1;
+    cfg.batch_size = 1;
+    cfg.drain_rate = 0;
+    // Accept while the upstream is down, then restart on the same spool with it up.
+    let spool_dir = cfg.spool_dir.clone();
+    let sidecar = start(cfg.clone()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (id, body) = error_envelope(&format!("order-{i}"));
+        assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sidecar.shutdown().await;
+    // Let every retry delay pass, so that all five are due when the sidecar starts again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let up = Upstream::start(&pki).await;
+    cfg.upstream = Some(up.url());
+    cfg.spool_dir = spool_dir;
+    let sidecar = start(cfg).await;
+    let got = up.wait_for(5, 10).await;
+    ids.reverse();
+    assert_eq!(event_ids(&got), ids, "newest first");
+    sidecar.shutdown().await;
+}

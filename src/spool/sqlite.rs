@@ -997,9 +997,12 @@ fn read(
     now: u64,
     p: &mut Pending,
 ) -> Result<Vec<Queued>, rusqlite::Error> {
+    // Oldest first walks the due index (fresh rows are due at arrival, so this is arrival order
+    // for them, and retried rows come back when they are due); newest first walks the ids
+    // backwards, which is arrival order reversed among the due rows.
     let order = match opts.order {
         DeliveryOrder::OldestFirst => "due_ms, id",
-        DeliveryOrder::NewestFirst => "due_ms DESC, id DESC",
+        DeliveryOrder::NewestFirst => "id DESC",
     };
     // Leased rows still match the query; ask for enough extra rows to skip them.
     let sql = format!("SELECT id FROM envelopes WHERE due_ms <= ?1 ORDER BY {order} LIMIT ?2");
