@@ -83,17 +83,8 @@ async fn sqlite_full_is_a_503_and_recovers() {
     let port = dead_port().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_for_port(dir.path(), &pki, port);
-    let spool = SqliteSpool::open(SqliteOptions {
-        dir: cfg.spool_dir.clone(),
-        durability: cfg.durability,
-        max_bytes: cfg.spool_max_bytes,
-        max_age: cfg.spool_max_age,
-        full_policy: cfg.spool_full_policy,
-        order: cfg.delivery_order,
-        inline_limit: 1024 * 1024,
-        max_page_count: Some(64),
-    })
-    .unwrap();
+    let spool =
+        SqliteSpool::open(SqliteOptions { max_page_count: Some(64), ..SqliteOptions::from_config(&cfg) }).unwrap();
     fill_then_recover(cfg, Arc::new(spool), &pki, port).await;
 }
 

@@ -100,18 +100,25 @@ pub struct Reschedule {
     pub count_attempt: bool,
 }
 
+impl SqliteOptions {
+    /// The spool settings of a configuration (bodies over 1 MiB go to files).
+    pub fn from_config(cfg: &crate::config::Config) -> SqliteOptions {
+        SqliteOptions {
+            dir: cfg.spool_dir.clone(),
+            durability: cfg.durability,
+            max_bytes: cfg.spool_max_bytes,
+            max_age: cfg.spool_max_age,
+            full_policy: cfg.spool_full_policy,
+            order: cfg.delivery_order,
+            inline_limit: 1024 * 1024,
+            max_page_count: None,
+        }
+    }
+}
+
 /// Opens the spool the configuration asks for.
 pub fn open(cfg: &crate::config::Config) -> Result<std::sync::Arc<dyn Spool>, SpoolError> {
-    let opts = SqliteOptions {
-        dir: cfg.spool_dir.clone(),
-        durability: cfg.durability,
-        max_bytes: cfg.spool_max_bytes,
-        max_age: cfg.spool_max_age,
-        full_policy: cfg.spool_full_policy,
-        order: cfg.delivery_order,
-        inline_limit: 1024 * 1024,
-        max_page_count: None,
-    };
+    let opts = SqliteOptions::from_config(cfg);
     Ok(match cfg.durability {
         crate::config::Durability::Memory => std::sync::Arc::new(TieredSpool::open(opts, cfg.memory_spool_bytes)?),
         _ => std::sync::Arc::new(SqliteSpool::open(opts)?),
