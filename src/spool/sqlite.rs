@@ -515,33 +515,13 @@ impl Db {
         if group.iter().any(|c| matches!(c, Cmd::Append(..))) {
             self.check_space(now, shared);
         }
-        let result = match self.run_group(&group, now) {
-            Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(&group, now),
-            other => other,
-        };
-        match result {
-            Ok((outs, mut pending)) => {
-                let mut group = group;
-                self.cache_appended(&mut group, &outs, &mut pending);
-                self.commit_effects(pending);
-                self.clear_error_if_appended(&group, &outs, shared);
-                reply_all(group, outs);
-            }
+        match self.run_making_room(&group, now) {
+            Ok((outs, pending)) => self.finish(group, outs, pending, shared),
             Err(e) if group.len() > 1 && !is_corruption(&e) => {
                 for cmd in group {
                     let single = vec![cmd];
-                    let result = match self.run_group(&single, now) {
-                        Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(&single, now),
-                        other => other,
-                    };
-                    match result {
-                        Ok((outs, mut pending)) => {
-                            let mut single = single;
-                            self.cache_appended(&mut single, &outs, &mut pending);
-                            self.commit_effects(pending);
-                            self.clear_error_if_appended(&single, &outs, shared);
-                            reply_all(single, outs);
-                        }
+                    match self.run_making_room(&single, now) {
+                        Ok((outs, pending)) => self.finish(single, outs, pending, shared),
                         Err(e) => self.fail(single, e, shared),
                     }
                 }
@@ -616,6 +596,22 @@ impl Db {
         if !reserve.exists() {
             write_reserve(&reserve);
         }
+    }
+
+    /// Runs a group; on a full disk, frees what it can and tries once more.
+    fn run_making_room(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
+        match self.run_group(group, now) {
+            Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(group, now),
+            other => other,
+        }
+    }
+
+    /// After a commit: cache the appended records, apply the side effects, answer the callers.
+    fn finish(&mut self, mut group: Vec<Cmd>, outs: Vec<Out>, mut pending: Pending, shared: &Shared) {
+        self.cache_appended(&mut group, &outs, &mut pending);
+        self.commit_effects(pending);
+        self.clear_error_if_appended(&group, &outs, shared);
+        reply_all(group, outs);
     }
 
     fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, shared: &Shared) {
