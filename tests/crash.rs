@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -84,8 +83,7 @@ async fn kill_9_during_an_outage_loses_nothing_acknowledged() {
     signal(&first, "-KILL");
     first.wait().unwrap();
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let mut second = spawn(&spool, listen, port, &pki, &["--drain-rate", "0"]);
     up.wait_for(300, 30).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -115,8 +113,7 @@ async fn memory_durability_spills_on_sigterm_and_delivers_after_restart() {
     signal(&first, "-TERM");
     assert!(first.wait().unwrap().success());
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let mut second = spawn(&spool, listen, port, &pki, &["--durability", "memory"]);
     up.wait_for(40, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

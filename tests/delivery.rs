@@ -106,8 +106,7 @@ async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
     let retries = metrics.delta(r#"sidecar_retries_total{reason="transient"}"#).await;
     // 1.5 s with delays of 50-100, 100-200, 200-400, 200-400 ms...: a handful, never hundreds.
     assert!((2.0..=15.0).contains(&retries), "retries in 1.5 s: {retries}");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let got = up.wait_for(1, 10).await;
     assert_eq!(got.len(), 1);
     sidecar.shutdown().await;

@@ -52,8 +52,7 @@ async fn fill_then_recover(cfg: Config, spool: Arc<dyn sentry_sidecar::spool::Sp
     assert_eq!(r.status, 503, "not ready while the disk is full");
     assert_eq!(request(addr, "GET", "/healthz", &[], b"").await.status, 200, "still alive");
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(pki, port).await;
     eventually(30, "every acknowledged envelope delivered", || {
         let got: HashSet<String> = event_ids(&up.received()).into_iter().collect();
         acked.is_subset(&got)

@@ -41,8 +41,7 @@ async fn upstream_down_then_up_delivers_everything_once() {
     assert!(during <= 12.0, "{during} attempts in 1 s with the circuit open");
     assert_eq!(sidecar.spool().len(), 50);
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let got = up.wait_for(50, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got_ids = event_ids(&up.received());
@@ -261,8 +260,7 @@ async fn spool_full_drop_oldest_keeps_the_newest_and_reports() {
     assert!(sidecar.spool().bytes() <= 4000 + 600);
     let dropped = metrics.delta(r#"sidecar_dropped_total{reason="spool_full",category="error"}"#).await;
     assert!(dropped >= 5.0, "{dropped}");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     eventually(20, "spool drained", || sidecar.spool().is_empty()).await;
     let got = up.received();
     let bodies: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
@@ -297,8 +295,7 @@ async fn spool_full_reject_new_answers_503_and_loses_nothing_accepted() {
         (20 - accepted + 1) as f64
     );
     assert_eq!(metrics.delta(r#"sidecar_dropped_total{reason="spool_full",category="error"}"#).await, 0.0);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let got = up.wait_for(accepted, 20).await;
     assert_eq!(event_ids(&got).len(), accepted, "every accepted envelope delivered");
     sidecar.shutdown().await;
@@ -322,8 +319,7 @@ async fn too_old_envelopes_are_dropped_and_reported() {
     // Wait until all three are old and gone, then let the upstream come back: what arrives is
     // the client report about them (young enough to be delivered), never the envelopes.
     metrics.wait_delta(r#"sidecar_dropped_total{reason="too_old",category="error"}"#, 3.0, 10).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let reported = || {
         up.received()
             .iter()
@@ -381,8 +377,7 @@ async fn sent_at_of_a_held_envelope_moves_by_the_hold_time() {
     let accepted_at = Instant::now();
     assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let got = up.wait_for(1, 10).await;
     let held_for = accepted_at.elapsed();
     let line_end = got[0].body.iter().position(|b| *b == b'\n').unwrap();
@@ -416,8 +411,7 @@ async fn backlog_drains_at_the_configured_rate_after_recovery() {
         assert_eq!(post_envelope(sidecar.local_addr(), &error_envelope(&format!("paced-{i}")).1).await.status, 200);
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let up = Upstream::serve_on(listener, &pki, true, Arc::new(|_, _| (200, vec![])));
+    let up = Upstream::start_on(&pki, port).await;
     let started = Instant::now();
     up.wait_for(20, 10).await;
     // 40/s with a burst of at most 4: the backlog of 100 takes about 2.5 s, not a few ms.

@@ -178,6 +178,12 @@ impl Upstream {
         Upstream { addr, received, connections, attempts, task }
     }
 
+    /// The upstream coming back on `port` (where nothing listened until now), answering 200.
+    pub async fn start_on(pki: &Pki, port: u16) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::serve_on(listener, pki, true, Arc::new(|_, _| (200, vec![])))
+    }
+
     pub fn url(&self) -> UpstreamUrl {
         UpstreamUrl::parse(&format!("https://127.0.0.1:{}", self.addr.port())).unwrap()
     }
