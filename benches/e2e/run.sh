@@ -8,6 +8,7 @@
 #   bash benches/e2e/run.sh                 # both concurrencies, 15 s each, plus the drain bench
 #   DURATION=30 BACKLOG_SECONDS=10 bash benches/e2e/run.sh
 #   MILLION=1 bash benches/e2e/run.sh       # also: RSS with 1,000,000 envelopes waiting (slow)
+#   ONLY=sidecar BACKLOG_SECONDS=0 ...      # quick iteration: no baseline, no drain bench
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -126,6 +127,8 @@ CONF
 # --- helpers -------------------------------------------------------------------------------------
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all the process's threads (voluntary + involuntary): thread hand-offs cost.
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 count() { if [ -f "$1" ]; then grep -c ' 200$' "$1" || true; else echo 0; fi; }
@@ -158,6 +161,7 @@ measure() { # name url log pid concurrency
   local name=$1 url=$2 log=$3 pid=$4 c=$5
   local before_count; before_count=$(count "$log")
   local t0; t0=$(cpu_ticks "$pid")
+  local s0; s0=$(ctx_switches "$pid")
   local perf_pid=""
   if [ -n "${PROFILE:-}" ] && [ "$name" = sidecar ]; then
     perf record -e cpu-clock -F 1999 -g -p "$pid" -o "$PROFILE.c$c" -- sleep "$DURATION" 2>/dev/null &
@@ -178,11 +182,13 @@ measure() { # name url log pid concurrency
   local acked=$(( $(field "$r" requests) - $(field "$r" non2xx) - $(field "$r" errors) ))
   wait_for_count "$log" $((before_count + acked)) 60
   local t1; t1=$(cpu_ticks "$pid")
+  local s1; s1=$(ctx_switches "$pid")
   local delivered=$(( $(count "$log") - before_count ))
   local secs; secs=$(awk -v d="$(field "$r" duration_us)" 'BEGIN {print d / 1e6}')
   local rate; rate=$(awk -v a="$acked" -v s="$secs" 'BEGIN {printf "%.0f", a / s}')
   local cpu_us; cpu_us=$(awk -v t=$((t1 - t0)) -v k="$clk" -v n="$delivered" 'BEGIN {if (n) printf "%.1f", t / k * 1e6 / n; else print "inf"}')
-  results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$peak_conns|$(avg_body "$log")|$cpu_us|$(hwm_kb "$pid")")
+  local sw; sw=$(awk -v s=$((s1 - s0)) -v n="$delivered" 'BEGIN {if (n) printf "%.2f", s / n; else print "inf"}')
+  results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$peak_conns|$(avg_body "$log")|$cpu_us|$sw|$(hwm_kb "$pid")")
   eval "R_${name}_${c}_rate=$rate R_${name}_${c}_p99=$(field "$r" p99_us) R_${name}_${c}_cpu=$cpu_us"
 }
 
@@ -192,13 +198,14 @@ sleep 1
 IDLE_RSS=$(rss_kb "$SIDECAR")
 for c in $CONCURRENCIES; do
   measure sidecar http://127.0.0.1:13000/api/42/envelope/ "$work/up/sidecar.log" "$SIDECAR" "$c"
-  measure nginx http://127.0.0.1:13001/api/42/envelope/ "$work/up/proxy.log" "$(nginx_worker "$work/proxy/nginx.pid")" "$c"
+  [ "${ONLY:-}" = sidecar ] || measure nginx http://127.0.0.1:13001/api/42/envelope/ "$work/up/proxy.log" "$(nginx_worker "$work/proxy/nginx.pid")" "$c"
 done
 SIDECAR_CONNS=$(conns "$work/up/sidecar.log")
 SIDECAR_PEAK=$(hwm_kb "$SIDECAR")
 kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
 
 # --- drain: build a backlog with the upstream refusing connections, then let it drain unpaced --
+if [ "$BACKLOG_SECONDS" != 0 ]; then
 start_sidecar 18445 --drain-rate 0
 DURATION=$BACKLOG_SECONDS run_wrk http://127.0.0.1:13000/api/42/envelope/ 32 > "$work/backlog.txt"
 BACKLOG=$(curl -s http://127.0.0.1:13000/readyz | python3 -c 'import json,sys; print(json.load(sys.stdin)["spool_envelopes"])')
@@ -216,6 +223,7 @@ DRAINED=$(count "$work/up/sidecar.log")
 DRAIN_RATE=$(awk -v n="$DRAINED" -v a="$d0" -v b="$d1" 'BEGIN {printf "%.0f", n / (b - a)}')
 DRAIN_PEAK=$(hwm_kb "$SIDECAR")
 kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
+fi
 
 MILLION_LINE=""
 if [ "${MILLION:-0}" = 1 ]; then
@@ -234,19 +242,19 @@ echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "envelope: $RAW_BYTES bytes raw; ${DURATION}s per run; sidecar/proxy on core 0, wrk + upstream on core 1"
 echo
-printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %8s | %9s |\n' \
-  run "acked/s" "p50 us" "p99 us" acked "upstream" non2xx "peak up conns" "up B/env" "CPU us/env" "peak RSS KB"
-printf '|%s|\n' "------------------|-----------|----------|----------|----------|-----------|-------|----------|-----------|----------|------------"
+printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %8s | %7s | %9s |\n' \
+  run "acked/s" "p50 us" "p99 us" acked "upstream" non2xx "peak up conns" "up B/env" "CPU us/env" "csw/env" "peak RSS KB"
+printf '|%s|\n' "------------------|-----------|----------|----------|----------|-----------|-------|----------|-----------|----------|---------|------------"
 for r in "${results[@]}"; do
-  IFS='|' read -r a b c d e f g h i j k <<<"$r"
-  printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %10s | %11s |\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k"
+  IFS='|' read -r a b c d e f g h i j w k <<<"$r"
+  printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %10s | %7s | %11s |\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$w" "$k"
 done
 echo
 echo "sidecar: idle RSS ${IDLE_RSS} KB, peak RSS ${SIDECAR_PEAK} KB, distinct upstream TLS connections over all runs: ${SIDECAR_CONNS}"
-echo "drain: backlog of ${BACKLOG} envelopes (peak RSS while filling ${BACKLOG_RSS} KB) delivered ${DRAINED} at ${DRAIN_RATE}/s unpaced (peak RSS ${DRAIN_PEAK} KB)"
+[ "$BACKLOG_SECONDS" = 0 ] || echo "drain: backlog of ${BACKLOG} envelopes (peak RSS while filling ${BACKLOG_RSS} KB) delivered ${DRAINED} at ${DRAIN_RATE}/s unpaced (peak RSS ${DRAIN_PEAK} KB)"
 [ -n "$MILLION_LINE" ] && echo "$MILLION_LINE"
 echo
-for c in $CONCURRENCIES; do
+[ "${ONLY:-}" = sidecar ] || for c in $CONCURRENCIES; do
   s=R_sidecar_${c}_rate; n=R_nginx_${c}_rate; sp=R_sidecar_${c}_p99; np=R_nginx_${c}_p99; sc=R_sidecar_${c}_cpu; nc=R_nginx_${c}_cpu
   awk -v c="$c" -v s="${!s}" -v n="${!n}" -v sp="${!sp}" -v np="${!np}" -v sc="${!sc}" -v nc="${!nc}" 'BEGIN {
     printf "c=%s: throughput sidecar/nginx = %.2fx, p99 sidecar/nginx = %.2fx, CPU per envelope sidecar/nginx = %.2fx\n",

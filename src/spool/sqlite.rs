@@ -6,10 +6,16 @@
 //! (`synchronous=NORMAL`) a commit reaches the OS before any of them is answered, which survives
 //! `kill -9`; with `power` (`synchronous=FULL`) the WAL is fsync'd first.
 //!
-//! Leases are a mark in the row (`due_ms = -1`) that is cleared when the spool opens, so a record
-//! being sent when the process died is sent again after the restart; Sentry deduplicates by event
-//! id. Bodies above `inline_limit` go to files beside the database, written before their row
-//! commits, so the database stays small. A database that cannot be opened, or that turns out
+//! Commands are handed to the thread once per scheduler tick, not one by one: waking the thread
+//! for each command made it preempt the runtime after every request on a single core (groups of
+//! one, two context switches per envelope). A command is queued, and the first one of a tick
+//! spawns a task that yields once (so it runs after every task that is ready now) and then sends
+//! the whole queue in one message.
+//!
+//! Leases live in the writer's memory, not in the rows: reading needs no write, and a record
+//! being sent when the process died is simply sent again after the restart; Sentry deduplicates
+//! by event id. Bodies above `inline_limit` go to files beside the database, written before their
+//! row commits, so the database stays small. A database that cannot be opened, or that turns out
 //! corrupt, is renamed aside (`spool.db.corrupt-<time>`) and a fresh one started.
 
 use std::collections::HashSet;
@@ -69,7 +75,7 @@ struct Shared {
 
 /// The SQLite-backed spool.
 pub struct SqliteSpool {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    submit: Arc<Mutex<Submit>>,
     shared: Arc<Shared>,
     notify: Arc<Notify>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -104,22 +110,59 @@ impl SqliteSpool {
         let (tx, rx) = mpsc::channel();
         let (s2, n2) = (shared.clone(), notify.clone());
         let thread = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer(db, rx, s2, n2))?;
-        Ok(SqliteSpool { tx: Mutex::new(Some(tx)), shared, notify, thread: Mutex::new(Some(thread)) })
+        let submit = Arc::new(Mutex::new(Submit { queue: Vec::new(), tx: Some(tx) }));
+        Ok(SqliteSpool { submit, shared, notify, thread: Mutex::new(Some(thread)) })
     }
 
     fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> BoxFuture<'_, Result<T, SpoolError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = match self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(tx) => tx.send(make(reply)).is_ok(),
-            None => false,
+        let (open, first) = {
+            let mut s = lock(&self.submit);
+            let open = s.tx.is_some();
+            if open {
+                s.queue.push(make(reply));
+            }
+            (open, s.queue.len() == 1)
         };
+        if open && first {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let submit = self.submit.clone();
+                    rt.spawn(async move {
+                        tokio::task::yield_now().await;
+                        lock(&submit).flush();
+                    });
+                }
+                Err(_) => lock(&self.submit).flush(),
+            }
+        }
         Box::pin(async move {
-            if !sent {
+            if !open {
                 return Err(SpoolError::Closed);
             }
             rx.await.unwrap_or(Err(SpoolError::Closed))
         })
     }
+}
+
+/// Commands waiting for this tick's hand-off to the writer thread.
+struct Submit {
+    queue: Vec<Cmd>,
+    /// `None` once the spool is closed.
+    tx: Option<mpsc::Sender<Vec<Cmd>>>,
+}
+
+impl Submit {
+    fn flush(&mut self) {
+        if let (Some(tx), false) = (&self.tx, self.queue.is_empty()) {
+            // A send fails only when the writer is gone; the dropped replies then answer Closed.
+            let _ = tx.send(std::mem::take(&mut self.queue));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Spool for SqliteSpool {
@@ -169,7 +212,11 @@ impl Spool for SqliteSpool {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        {
+            let mut s = lock(&self.submit);
+            s.flush();
+            s.tx = None;
+        }
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         Box::pin(async move {
             if let Some(h) = handle {
@@ -179,7 +226,7 @@ impl Spool for SqliteSpool {
     }
 }
 
-fn writer(mut db: Db, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, notify: Arc<Notify>) {
+fn writer(mut db: Db, rx: mpsc::Receiver<Vec<Cmd>>, shared: Arc<Shared>, notify: Arc<Notify>) {
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(c) => c,
@@ -192,10 +239,10 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>, notify: Arc<
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut group = vec![first];
+        let mut group = first;
         while group.len() < 4096 {
             match rx.try_recv() {
-                Ok(c) => group.push(c),
+                Ok(more) => group.extend(more),
                 Err(_) => break,
             }
         }
