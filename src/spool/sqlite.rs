@@ -319,6 +319,34 @@ impl RecordCache {
         self.bytes -= r.body.len();
         Some(r)
     }
+
+    /// Takes up to `max` records (and about `max_bytes`), oldest or newest first.
+    fn take_in_order(
+        &mut self,
+        order: DeliveryOrder,
+        max: usize,
+        max_bytes: usize,
+        leased: &HashSet<i64>,
+    ) -> Vec<Queued> {
+        let mut out = Vec::with_capacity(max.min(self.map.len()));
+        let mut bytes = 0usize;
+        while out.len() < max && (bytes < max_bytes || out.is_empty()) {
+            let next = match order {
+                DeliveryOrder::OldestFirst => self.order.pop_front(),
+                DeliveryOrder::NewestFirst => self.order.pop_back(),
+            };
+            let Some(id) = next else { break };
+            if leased.contains(&id) {
+                self.take(id);
+                continue;
+            }
+            if let Some(record) = self.take(id) {
+                bytes += record.body.len();
+                out.push(Queued { id: id as u64, attempts: 0, record });
+            }
+        }
+        out
+    }
 }
 
 /// Space kept in a file beside the database and given back when the disk fills up, so that the
@@ -372,6 +400,8 @@ struct Pending {
     dropped: Vec<Dropped>,
     lease_add: Vec<i64>,
     inserted: Vec<i64>,
+    /// Rows deleted in this transaction, to be evicted from the record cache once it commits.
+    deleted: Vec<i64>,
 }
 
 enum Out {
@@ -711,6 +741,8 @@ impl Db {
             if let (Cmd::Append(records, _), Out::Unit(Ok(()))) = (cmd, out) {
                 for r in records.drain(..) {
                     match ids.next() {
+                        // A read later in the same group may already have leased it.
+                        Some(id) if p.lease_add.contains(&id) => {}
                         Some(id) => self.cache.insert(id, r),
                         None => return,
                     }
@@ -733,6 +765,9 @@ impl Db {
     }
 
     fn commit_effects(&mut self, p: Pending) {
+        for id in &p.deleted {
+            self.cache.take(*id);
+        }
         self.leased.extend(p.lease_add);
         self.len = (self.len as i64 + p.dlen).max(0) as u64;
         self.bytes = (self.bytes as i64 + p.dbytes).max(0) as u64;
@@ -768,6 +803,7 @@ impl Db {
                         Out::Batch(Ok(read(
                             tx,
                             &self.opts,
+                            self.len,
                             &self.leased,
                             &mut self.cache,
                             *max,
@@ -1033,6 +1069,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
 fn read(
     tx: &Connection,
     opts: &SqliteOptions,
+    committed: u64,
     leased: &HashSet<i64>,
     cache: &mut RecordCache,
     max: usize,
@@ -1040,6 +1077,16 @@ fn read(
     now: u64,
     p: &mut Pending,
 ) -> Result<Vec<Queued>, rusqlite::Error> {
+    // The common case, dispatch keeping up with ingest: every committed row that is not leased
+    // is a fresh append still in the cache (the cache only ever holds such rows), so the answer
+    // is known without a query. Rows appended earlier in this same transaction are not cached yet
+    // and wait for the next read, which the append's wake-up triggers.
+    let clean = p.lease_add.is_empty() && p.deleted.is_empty() && p.dropped.is_empty();
+    if clean && cache.map.len() as u64 == committed.saturating_sub(leased.len() as u64) {
+        let taken = cache.take_in_order(opts.order, max, max_bytes, leased);
+        p.lease_add.extend(taken.iter().map(|q| q.id as i64));
+        return Ok(taken);
+    }
     // Oldest first walks the due index (fresh rows are due at arrival, so this is arrival order
     // for them, and retried rows come back when they are due); newest first walks the ids
     // backwards, which is arrival order reversed among the due rows.
@@ -1109,6 +1156,7 @@ fn delete_rows(
         let gone: Option<(i64, Option<String>)> =
             stmt.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         if let Some((size, file)) = gone {
+            p.deleted.push(id);
             p.dlen -= 1;
             p.dbytes -= size;
             freed += size.max(0) as u64;
@@ -1210,4 +1258,109 @@ fn expire(
     );
     drop_where(tx, &opts.dir, leased, &sql, &[cutoff, report_cutoff], DropReason::TooOld, p)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(body: &'static [u8]) -> Record {
+        Record {
+            target: Target::Capture,
+            endpoint: Endpoint::Envelope,
+            method: http::Method::POST,
+            path_and_query: "/api/1/envelope/".into(),
+            headers: vec![],
+            body: Bytes::from_static(body),
+            project_id: 1,
+            public_key: "k".into(),
+            event_id: None,
+            categories: Categories::default(),
+            item_types: vec![],
+            received_ms: now_ms(),
+        }
+    }
+
+    fn open(dir: &Path, order: DeliveryOrder) -> SqliteSpool {
+        SqliteSpool::open(SqliteOptions {
+            dir: dir.to_path_buf(),
+            durability: Durability::Process,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            full_policy: FullPolicy::DropOldest,
+            order,
+            inline_limit: 1 << 20,
+            max_page_count: None,
+        })
+        .unwrap()
+    }
+
+    fn bodies(batch: &[Queued]) -> Vec<&[u8]> {
+        batch.iter().map(|q| &q.record.body[..]).collect()
+    }
+
+    /// An append and a read handed to the writer in the same group, where the read queries the
+    /// database (an ack in the group changed it): the read leases the new row before its record
+    /// reaches the cache, and the cache must not hand it out a second time.
+    #[tokio::test]
+    async fn a_record_read_in_its_append_group_is_leased_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), DeliveryOrder::OldestFirst);
+        s.append(vec![rec(b"x"), rec(b"y")]).await.unwrap();
+        let xy = s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap();
+        let (appended, acked, read) =
+            tokio::join!(s.append(vec![rec(b"a")]), s.ack(vec![xy[0].id]), s.read_batch(10, usize::MAX, now_ms() + 1));
+        (appended.unwrap(), acked.unwrap());
+        assert_eq!(bodies(&read.unwrap()), [b"a".as_ref()]);
+        // y comes back: an unleased row that is not in the cache.
+        s.reschedule(vec![Reschedule { id: xy[1].id, due_ms: 0, count_attempt: true }]).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            for q in s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap() {
+                seen.push(q.record.body.clone());
+            }
+        }
+        assert_eq!(seen, [Bytes::from_static(b"y")]);
+        s.close().await;
+    }
+
+    /// A read in the same group as appends, with nothing else changed, answers from the cache
+    /// and leaves the new rows for the next read.
+    #[tokio::test]
+    async fn rows_appended_in_the_read_group_come_with_the_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), DeliveryOrder::OldestFirst);
+        let (appended, read) = tokio::join!(s.append(vec![rec(b"a")]), s.read_batch(10, usize::MAX, now_ms() + 1));
+        appended.unwrap();
+        assert!(read.unwrap().is_empty());
+        assert_eq!(bodies(&s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap()), [b"a".as_ref()]);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn cached_reads_follow_the_delivery_order_and_the_bounds() {
+        for (order, want) in [
+            (DeliveryOrder::OldestFirst, [b"a".as_ref(), b"b", b"c"]),
+            (DeliveryOrder::NewestFirst, [b"c".as_ref(), b"b", b"a"]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = open(dir.path(), order);
+            for b in [b"a", b"b", b"c"] {
+                s.append(vec![rec(b)]).await.unwrap();
+            }
+            let now = now_ms() + 1;
+            let first = s.read_batch(2, usize::MAX, now).await.unwrap();
+            let second = s.read_batch(2, 1, now).await.unwrap();
+            assert_eq!(bodies(&first), want[..2]);
+            assert_eq!(bodies(&second), want[2..]);
+            assert!(s.read_batch(2, usize::MAX, now).await.unwrap().is_empty());
+            // Acked rows are gone; a rescheduled one comes back from the database.
+            s.ack(vec![first[0].id, second[0].id]).await.unwrap();
+            s.reschedule(vec![Reschedule { id: first[1].id, due_ms: now, count_attempt: true }]).await.unwrap();
+            let again = s.read_batch(10, usize::MAX, now).await.unwrap();
+            assert_eq!(bodies(&again), [b"b".as_ref()]);
+            assert_eq!(again[0].attempts, 1);
+            s.close().await;
+        }
+    }
 }
