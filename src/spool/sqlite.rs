@@ -1310,7 +1310,8 @@ mod tests {
         let xy = s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap();
         let (appended, acked, read) =
             tokio::join!(s.append(vec![rec(b"a")]), s.ack(vec![xy[0].id]), s.read_batch(10, usize::MAX, now_ms() + 1));
-        (appended.unwrap(), acked.unwrap());
+        appended.unwrap();
+        acked.unwrap();
         assert_eq!(bodies(&read.unwrap()), [b"a".as_ref()]);
         // y comes back: an unleased row that is not in the cache.
         s.reschedule(vec![Reschedule { id: xy[1].id, due_ms: 0, count_attempt: true }]).await.unwrap();
