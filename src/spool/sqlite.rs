@@ -59,7 +59,7 @@ pub struct SqliteOptions {
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
 enum Cmd {
-    Append(Vec<Record>, Reply<()>),
+    Append(Vec<Arc<Record>>, Reply<()>),
     Read { max: usize, max_bytes: usize, now: u64, reply: Reply<Vec<Queued>> },
     Ack(Vec<u64>, Reply<()>),
     Reschedule(Vec<Reschedule>, Reply<()>),
@@ -167,6 +167,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Spool for SqliteSpool {
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        let records = records.into_iter().map(Arc::new).collect();
         self.call(|r| Cmd::Append(records, r))
     }
 
@@ -298,9 +299,9 @@ struct RecordCache {
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 impl RecordCache {
-    fn insert(&mut self, id: i64, r: Record) {
+    fn insert(&mut self, id: i64, r: Arc<Record>) {
         self.bytes += r.body.len();
-        self.map.insert(id, Arc::new(r));
+        self.map.insert(id, r);
         self.order.push_back(id);
         while self.bytes > CACHE_BYTES {
             let Some(old) = self.order.pop_front() else { break };
@@ -402,6 +403,8 @@ struct Pending {
     inserted: Vec<i64>,
     /// Rows deleted in this transaction, to be evicted from the record cache once it commits.
     deleted: Vec<i64>,
+    /// How many of them were not leased (dropped, expired, unreadable).
+    deleted_unleased: usize,
 }
 
 enum Out {
@@ -684,8 +687,7 @@ impl Db {
     }
 
     /// After a commit: cache the appended records, apply the side effects, answer the callers.
-    fn finish(&mut self, mut group: Vec<Cmd>, outs: Vec<Out>, mut pending: Pending, shared: &Shared) {
-        self.cache_appended(&mut group, &outs, &mut pending);
+    fn finish(&mut self, group: Vec<Cmd>, outs: Vec<Out>, pending: Pending, shared: &Shared) {
         self.commit_effects(pending);
         self.clear_error_if_appended(&group, &outs, shared);
         reply_all(group, outs);
@@ -734,23 +736,6 @@ impl Db {
         }
     }
 
-    /// Moves the records of committed appends into the cache, by the ids the inserts got.
-    fn cache_appended(&mut self, group: &mut [Cmd], outs: &[Out], p: &mut Pending) {
-        let mut ids = p.inserted.iter().copied();
-        for (cmd, out) in group.iter_mut().zip(outs) {
-            if let (Cmd::Append(records, _), Out::Unit(Ok(()))) = (cmd, out) {
-                for r in records.drain(..) {
-                    match ids.next() {
-                        // A read later in the same group may already have leased it.
-                        Some(id) if p.lease_add.contains(&id) => {}
-                        Some(id) => self.cache.insert(id, r),
-                        None => return,
-                    }
-                }
-            }
-        }
-    }
-
     /// Readiness reports the last failed write until an append succeeds again.
     fn clear_error_if_appended(&self, group: &[Cmd], outs: &[Out], shared: &Shared) {
         let appended = group.iter().zip(outs).any(|(c, o)| matches!((c, o), (Cmd::Append(..), Out::Unit(Ok(())))));
@@ -779,6 +764,9 @@ impl Db {
 
     fn run_group(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
         let mut pending = Pending::default();
+        // Rows committed and not leased when the group starts; the cache's fast path compares
+        // against this (acks in the group remove leases of rows it never counted).
+        let unleased = self.len.saturating_sub(self.leased.len() as u64);
         let result = (|| {
             let tx = &self.conn;
             begin(tx)?;
@@ -786,16 +774,25 @@ impl Db {
             for cmd in group {
                 outs.push(match cmd {
                     Cmd::Append(..) if !self.space.1 => Out::Unit(Err(SpoolError::DiskFull)),
-                    Cmd::Append(records, _) => Out::Unit(append(
-                        tx,
-                        &self.opts,
-                        &self.leased,
-                        self.bytes,
-                        records,
-                        now,
-                        &mut pending,
-                        &mut self.file_seq,
-                    )?),
+                    Cmd::Append(records, _) => {
+                        let first = pending.inserted.len();
+                        let out = append(
+                            tx,
+                            &self.opts,
+                            &self.leased,
+                            self.bytes,
+                            records,
+                            now,
+                            &mut pending,
+                            &mut self.file_seq,
+                        )?;
+                        // Cached right away (taken out again if the transaction rolls back), so
+                        // that a read later in this group can hand them out without a query.
+                        for (id, r) in pending.inserted[first..].iter().zip(records) {
+                            self.cache.insert(*id, r.clone());
+                        }
+                        Out::Unit(out)
+                    }
                     Cmd::Read { max, max_bytes, now: at, .. } => {
                         if now.saturating_sub(self.last_expire) >= 1000 {
                             expire(tx, &self.opts, &self.leased, now, &mut pending)?;
@@ -803,7 +800,7 @@ impl Db {
                         Out::Batch(Ok(read(
                             tx,
                             &self.opts,
-                            self.len,
+                            unleased,
                             &self.leased,
                             &mut self.cache,
                             *max,
@@ -847,6 +844,9 @@ impl Db {
                 Ok((outs, pending))
             }
             Err(e) => {
+                for id in &pending.inserted {
+                    self.cache.take(*id);
+                }
                 for f in pending.written {
                     let _ = std::fs::remove_file(f);
                 }
@@ -926,7 +926,7 @@ fn append(
     opts: &SqliteOptions,
     leased: &HashSet<i64>,
     bytes_now: u64,
-    records: &[Record],
+    records: &[Arc<Record>],
     now: u64,
     p: &mut Pending,
     seq: &mut u64,
@@ -947,10 +947,10 @@ fn append(
     Ok(Ok(()))
 }
 
-fn insert_all(
+fn insert_all<R: std::borrow::Borrow<Record>>(
     tx: &Connection,
     opts: &SqliteOptions,
-    records: &[Record],
+    records: &[R],
     now: u64,
     p: &mut Pending,
     seq: &mut u64,
@@ -960,6 +960,7 @@ fn insert_all(
          VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for r in records {
+        let r: &Record = r.borrow();
         let meta = encode_meta(r);
         let (inline, file): (Option<&[u8]>, Option<String>) = if r.body.len() > opts.inline_limit {
             *seq += 1;
@@ -1069,7 +1070,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
 fn read(
     tx: &Connection,
     opts: &SqliteOptions,
-    committed: u64,
+    unleased: u64,
     leased: &HashSet<i64>,
     cache: &mut RecordCache,
     max: usize,
@@ -1077,12 +1078,14 @@ fn read(
     now: u64,
     p: &mut Pending,
 ) -> Result<Vec<Queued>, rusqlite::Error> {
-    // The common case, dispatch keeping up with ingest: every committed row that is not leased
-    // is a fresh append still in the cache (the cache only ever holds such rows), so the answer
-    // is known without a query. Rows appended earlier in this same transaction are not cached yet
-    // and wait for the next read, which the append's wake-up triggers.
-    let clean = p.lease_add.is_empty() && p.deleted.is_empty() && p.dropped.is_empty();
-    if clean && cache.map.len() as u64 == committed.saturating_sub(leased.len() as u64) {
+    // The common case, dispatch keeping up with ingest: every row that was committed and not
+    // leased when this group started, and every row appended in it so far, is a fresh append
+    // still in the cache (the cache only ever holds such rows), so the answer is known without a
+    // query. Rows rescheduled earlier in this group wait for the next read, which the reschedule's
+    // wake-up triggers. Acks only delete leased rows; drops or an earlier read in the group take
+    // the query path.
+    if p.lease_add.is_empty() && p.deleted_unleased == 0 && cache.map.len() as u64 == unleased + p.inserted.len() as u64
+    {
         let taken = cache.take_in_order(opts.order, max, max_bytes, leased);
         p.lease_add.extend(taken.iter().map(|q| q.id as i64));
         return Ok(taken);
@@ -1133,6 +1136,7 @@ fn read(
                 metrics::counter!(crate::telemetry::DROPPED, "reason" => DropReason::Unreadable.label(), "category" => "none")
                     .increment(1);
                 tx.execute("DELETE FROM envelopes WHERE id = ?1", params![id])?;
+                p.deleted_unleased += 1;
                 p.dlen -= 1;
                 p.dbytes -= size;
                 if let Some(f) = file {
@@ -1204,6 +1208,7 @@ fn drop_where(
         }
     }
     let n = victims.len();
+    p.deleted_unleased += n;
     let ids: Vec<i64> = victims.iter().map(|v| v.id).collect();
     for v in victims {
         // Only the meta is needed to report the drop; skip reading large body files.
@@ -1300,41 +1305,41 @@ mod tests {
     }
 
     /// An append and a read handed to the writer in the same group, where the read queries the
-    /// database (an ack in the group changed it): the read leases the new row before its record
-    /// reaches the cache, and the cache must not hand it out a second time.
+    /// database (an unleased row is not in the cache): the read leases the new row before its
+    /// record reaches the cache, and the cache must not hand it out a second time.
     #[tokio::test]
     async fn a_record_read_in_its_append_group_is_leased_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), DeliveryOrder::OldestFirst);
+        let now = || now_ms() + 1;
         s.append(vec![rec(b"x"), rec(b"y")]).await.unwrap();
-        let xy = s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap();
-        let (appended, acked, read) =
-            tokio::join!(s.append(vec![rec(b"a")]), s.ack(vec![xy[0].id]), s.read_batch(10, usize::MAX, now_ms() + 1));
-        appended.unwrap();
-        acked.unwrap();
-        assert_eq!(bodies(&read.unwrap()), [b"a".as_ref()]);
-        // y comes back: an unleased row that is not in the cache.
+        let xy = s.read_batch(10, usize::MAX, now()).await.unwrap();
         s.reschedule(vec![Reschedule { id: xy[1].id, due_ms: 0, count_attempt: true }]).await.unwrap();
+        let (appended, read) = tokio::join!(s.append(vec![rec(b"a")]), s.read_batch(10, usize::MAX, now()));
+        appended.unwrap();
+        assert_eq!(bodies(&read.unwrap()), [b"y".as_ref(), b"a"]);
+        // x comes back: an unleased row that is not in the cache, and the only one to read.
+        s.reschedule(vec![Reschedule { id: xy[0].id, due_ms: 0, count_attempt: true }]).await.unwrap();
         let mut seen = Vec::new();
         for _ in 0..3 {
-            for q in s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap() {
+            for q in s.read_batch(10, usize::MAX, now()).await.unwrap() {
                 seen.push(q.record.body.clone());
             }
         }
-        assert_eq!(seen, [Bytes::from_static(b"y")]);
+        assert_eq!(seen, [Bytes::from_static(b"x")]);
         s.close().await;
     }
 
-    /// A read in the same group as appends, with nothing else changed, answers from the cache
-    /// and leaves the new rows for the next read.
+    /// A read in the same group as appends, with nothing else changed, answers from the cache,
+    /// new rows included.
     #[tokio::test]
-    async fn rows_appended_in_the_read_group_come_with_the_next_read() {
+    async fn a_read_in_the_append_group_gets_the_new_rows() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), DeliveryOrder::OldestFirst);
         let (appended, read) = tokio::join!(s.append(vec![rec(b"a")]), s.read_batch(10, usize::MAX, now_ms() + 1));
         appended.unwrap();
-        assert!(read.unwrap().is_empty());
-        assert_eq!(bodies(&s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap()), [b"a".as_ref()]);
+        assert_eq!(bodies(&read.unwrap()), [b"a".as_ref()]);
+        assert!(s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap().is_empty());
         s.close().await;
     }
 
