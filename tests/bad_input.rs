@@ -117,7 +117,7 @@ async fn every_bad_input_class_is_refused_clearly() {
     assert_eq!(r.status, 200);
     // Exactly one envelope was accepted: it ends up captured, and nothing else does. (While it is
     // being written it is both in the spool and in the file, so the two are not summed.)
-    eventually(10, "the good envelope captured", || sidecar.spool().len() == 0 && captured_lines(dir.path()) >= 1)
+    eventually(10, "the good envelope captured", || sidecar.spool().is_empty() && captured_lines(dir.path()) >= 1)
         .await;
     assert_eq!(captured_lines(dir.path()), 1);
 
