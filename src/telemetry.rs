@@ -41,6 +41,9 @@ pub const IN_FLIGHT: &str = "sidecar_upstream_in_flight";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Installs the Prometheus recorder (once per process) and returns the handle that renders it.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
@@ -50,6 +53,14 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // A recorder built this way keeps every histogram sample until something drains it;
+            // without a scrape that is 8 bytes per delivered envelope, forever. Drain it on a
+            // small thread of its own (not a task: the recorder outlives any one runtime).
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            });
             // Another recorder may already be installed by an embedding program; then we still
             // render our own handle, which simply stays empty.
             let _ = metrics::set_global_recorder(recorder);

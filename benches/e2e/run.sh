@@ -128,6 +128,9 @@ CONF
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of all the process's threads (voluntary + involuntary): thread hand-offs cost.
+# utime+stime per thread name, "name=ticks ..." (the sidecar: runtime worker vs spool writer).
+thread_ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm" 2>/dev/null) $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null)"; done |
+  awk '$2 != "" {s[$1] += $2} END {for (k in s) printf "%s=%d ", k, s[k]}'; }
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -157,11 +160,13 @@ run_wrk() { # url concurrency -> prints RESULT line
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
 results=()
+THREADS=()
 measure() { # name url log pid concurrency
   local name=$1 url=$2 log=$3 pid=$4 c=$5
   local before_count; before_count=$(count "$log")
   local t0; t0=$(cpu_ticks "$pid")
   local s0; s0=$(ctx_switches "$pid")
+  local th0; th0=$(thread_ticks "$pid")
   local perf_pid=""
   if [ -n "${PROFILE:-}" ] && [ "$name" = sidecar ]; then
     perf record -e cpu-clock -F 1999 -g -p "$pid" -o "$PROFILE.c$c" -- sleep "$DURATION" 2>/dev/null &
@@ -183,10 +188,17 @@ measure() { # name url log pid concurrency
   wait_for_count "$log" $((before_count + acked)) 60
   local t1; t1=$(cpu_ticks "$pid")
   local s1; s1=$(ctx_switches "$pid")
+  local th1; th1=$(thread_ticks "$pid")
   local delivered=$(( $(count "$log") - before_count ))
   local secs; secs=$(awk -v d="$(field "$r" duration_us)" 'BEGIN {print d / 1e6}')
   local rate; rate=$(awk -v a="$acked" -v s="$secs" 'BEGIN {printf "%.0f", a / s}')
   local cpu_us; cpu_us=$(awk -v t=$((t1 - t0)) -v k="$clk" -v n="$delivered" 'BEGIN {if (n) printf "%.1f", t / k * 1e6 / n; else print "inf"}')
+  if [ "$name" = sidecar ]; then
+    THREADS+=("c=$c: $(awk -v a="$th0" -v b="$th1" -v k="$clk" -v n="$delivered" 'BEGIN {
+      split(a, x, " "); for (i in x) { split(x[i], kv, "="); before[kv[1]] = kv[2] }
+      split(b, y, " "); for (i in y) { split(y[i], kv, "="); if (n) printf "%s %.1f us/env  ", kv[1], (kv[2] - before[kv[1]]) / k * 1e6 / n }
+    }')")
+  fi
   local sw; sw=$(awk -v s=$((s1 - s0)) -v n="$delivered" 'BEGIN {if (n) printf "%.2f", s / n; else print "inf"}')
   results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$peak_conns|$(avg_body "$log")|$cpu_us|$sw|$(hwm_kb "$pid")")
   eval "R_${name}_${c}_rate=$rate R_${name}_${c}_p99=$(field "$r" p99_us) R_${name}_${c}_cpu=$cpu_us"
@@ -250,6 +262,7 @@ for r in "${results[@]}"; do
   printf '| %-16s | %9s | %8s | %8s | %8s | %9s | %5s | %8s | %9s | %10s | %7s | %11s |\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$w" "$k"
 done
 echo
+for t in "${THREADS[@]}"; do echo "sidecar CPU by thread, $t"; done
 echo "sidecar: idle RSS ${IDLE_RSS} KB, peak RSS ${SIDECAR_PEAK} KB, distinct upstream TLS connections over all runs: ${SIDECAR_CONNS}"
 [ "$BACKLOG_SECONDS" = 0 ] || echo "drain: backlog of ${BACKLOG} envelopes (peak RSS while filling ${BACKLOG_RSS} KB) delivered ${DRAINED} at ${DRAIN_RATE}/s unpaced (peak RSS ${DRAIN_PEAK} KB)"
 [ -n "$MILLION_LINE" ] && echo "$MILLION_LINE"
