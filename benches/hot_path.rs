@@ -14,7 +14,7 @@ use sentry_sidecar::config::{Compression, DeliveryOrder, Durability, FullPolicy,
 use sentry_sidecar::dispatch::{RateLimits, Scoping};
 use sentry_sidecar::protocol::rate_limits::parse_rate_limits;
 use sentry_sidecar::protocol::{Categories, DataCategory, Envelope};
-use sentry_sidecar::spool::{Endpoint, Record, Spool, SqliteOptions, SqliteSpool, Target};
+use sentry_sidecar::spool::{BodyEncoding, Endpoint, Record, Spool, SqliteOptions, SqliteSpool, Target};
 
 fn fixtures() -> Vec<(String, Vec<u8>, Option<String>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -117,7 +117,9 @@ fn gate(c: &mut Criterion) {
     g.finish();
 }
 
+/// A record as ingest stores it: the body already gzip'd for the upstream.
 fn record(body: &Bytes) -> Record {
+    let (body, _) = sentry_sidecar::upstream::compress(body, sentry_sidecar::config::Compression::Gzip, 1);
     Record {
         target: Target::Upstream(UpstreamUrl::parse("https://o1.ingest.sentry.io").unwrap()),
         endpoint: Endpoint::Envelope,
@@ -127,7 +129,8 @@ fn record(body: &Bytes) -> Record {
             http::HeaderName::from_static("x-sentry-auth"),
             http::HeaderValue::from_static("Sentry sentry_key=0123456789abcdef0123456789abcdef, sentry_version=7"),
         )],
-        body: body.clone(),
+        body,
+        encoding: BodyEncoding::Gzip,
         project_id: 42,
         public_key: "0123456789abcdef0123456789abcdef".into(),
         event_id: Some("5afe190d31734655bc997ee41b47bc65".into()),

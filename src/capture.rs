@@ -29,6 +29,8 @@ impl Capture {
 
     /// Appends one record as a JSON line and logs it.
     pub async fn write(&self, rec: &Record) -> std::io::Result<()> {
+        // A record stored compressed for an upstream that is no longer configured.
+        let body = rec.decoded_body()?;
         let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(rec.received_ms) * 1_000_000)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
@@ -39,14 +41,13 @@ impl Capture {
             "public_key": rec.public_key,
             "event_id": rec.event_id,
             "item_types": rec.item_types,
-            "bytes": rec.body.len(),
+            "bytes": body.len(),
             "path": rec.path_and_query,
         });
-        match std::str::from_utf8(&rec.body) {
+        match std::str::from_utf8(&body) {
             Ok(text) => line["body"] = serde_json::Value::from(text),
             Err(_) => {
-                line["body_base64"] =
-                    serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(&rec.body))
+                line["body_base64"] = serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(&body))
             }
         }
         let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
@@ -66,7 +67,7 @@ impl Capture {
             project = rec.project_id,
             event_id = %rec.event_id.as_deref().unwrap_or("-"),
             items = %rec.item_types.join(","),
-            bytes = rec.body.len(),
+            bytes = body.len(),
             endpoint = %rec.endpoint.name(),
             "captured"
         );

@@ -24,8 +24,9 @@ async fn fill_then_recover(cfg: Config, spool: Arc<dyn sentry_sidecar::spool::Sp
     let mut acked = HashSet::new();
     let mut refused = 0;
     let mut refused_ids = Vec::new();
-    for i in 0..400 {
-        let (id, body) = error_envelope(&format!("disk-{i}-{}", "y".repeat(8000)));
+    for i in 0..1000 {
+        // Incompressible, so that it fills the disk although the spool stores bodies compressed.
+        let (id, body) = error_envelope(&format!("disk-{i}-{}", noise(i, 12000)));
         let r = post_envelope(addr, &body).await;
         match r.status {
             200 => {

@@ -246,7 +246,7 @@ async fn fill_while_down(
     let metrics = Metrics::new(sidecar.local_addr()).await;
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let (_, body) = error_envelope(&format!("fill-{i:02}-{}", "x".repeat(300)));
+        let (_, body) = error_envelope(&format!("fill-{i:02}-{}", noise(i, 900)));
         statuses.push(post_envelope(sidecar.local_addr(), &body).await.status);
     }
     (dir, pki, port, sidecar, statuses, metrics)
@@ -285,7 +285,7 @@ async fn spool_full_reject_new_answers_503_and_loses_nothing_accepted() {
     let accepted = statuses.iter().filter(|s| **s == 200).count();
     assert!((5..20).contains(&accepted), "{statuses:?}");
     assert!(statuses[accepted..].iter().all(|s| *s == 503), "once full, every new envelope is refused: {statuses:?}");
-    let (_, body) = error_envelope(&format!("fill-xx-{}", "x".repeat(300)));
+    let (_, body) = error_envelope(&format!("fill-xx-{}", noise(99, 900)));
     let r = post_envelope(sidecar.local_addr(), &body).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("60"));

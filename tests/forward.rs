@@ -174,3 +174,49 @@ async fn gzip_and_zstd_shrink_envelopes() {
     }
     assert!(sizes[1] <= sizes[0], "zstd {} bytes, gzip {} bytes", sizes[1], sizes[0]);
 }
+
+/// Bodies are stored compressed for the upstream at ingest; after a restart with another
+/// compression setting, or with no upstream at all (capture), they are decoded again, so what
+/// arrives is still exactly what the SDK sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_compressed_bodies_follow_a_compression_change_across_restarts() {
+    use sentry_sidecar::config::Compression;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = load_fixture("02_sdk_error_gzip");
+    let spool_while_down = |compression| {
+        let (dir, pki, f) = (dir.path().to_path_buf(), &pki, &f);
+        async move {
+            let port = dead_port().await;
+            let mut cfg = config_for_port(&dir, pki, port);
+            cfg.compression = compression;
+            let sidecar = start(cfg).await;
+            assert_eq!(raw(sidecar.local_addr(), &f.wire(sidecar.local_addr())).await.status, 200);
+            sidecar.shutdown().await;
+        }
+    };
+    for (stored, sent, expected) in [
+        (Compression::Gzip, Compression::None, None),
+        (Compression::Gzip, Compression::Zstd, Some("zstd")),
+        (Compression::Zstd, Compression::Gzip, Some("gzip")),
+    ] {
+        spool_while_down(stored).await;
+        let up = Upstream::start(&pki).await;
+        let mut cfg = upstream_config(dir.path(), &pki, &up);
+        cfg.compression = sent;
+        let sidecar = start(cfg).await;
+        let got = up.wait_for(1, 10).await;
+        assert_eq!(got[0].body[..], f.decoded()[..], "{stored:?} -> {sent:?}");
+        assert_eq!(got[0].header("content-encoding"), expected);
+        sidecar.shutdown().await;
+    }
+    // No upstream any more: the capture log gets the readable envelope.
+    spool_while_down(Compression::Gzip).await;
+    let sidecar = start(test_config(dir.path())).await;
+    let capture = dir.path().join("spool/capture.jsonl");
+    eventually(10, "captured", || std::fs::read_to_string(&capture).is_ok_and(|s| !s.is_empty())).await;
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&capture).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(line["body"].as_str().unwrap().as_bytes(), &f.decoded()[..]);
+    sidecar.shutdown().await;
+}

@@ -26,7 +26,7 @@ use crate::admin::Admin;
 use crate::config::{Config, UpstreamUrl};
 use crate::dispatch::{RateLimits, Scoping};
 use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Envelope, EnvelopeError};
-use crate::spool::{now_ms, Endpoint, Record, Spool, SpoolError, Target};
+use crate::spool::{now_ms, BodyEncoding, Endpoint, Record, Spool, SpoolError, Target};
 use crate::telemetry as t;
 use body::BodyError;
 use server::Handler;
@@ -246,6 +246,7 @@ impl Ingest {
             path_and_query,
             headers,
             body,
+            encoding: BodyEncoding::Identity,
             project_id,
             public_key,
             event_id,
@@ -256,13 +257,21 @@ impl Ingest {
         self.append(record).await
     }
 
-    async fn append(&self, record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
+    async fn append(&self, mut record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
         if self.cfg.answer_429 {
             self.check_rate_limit(&record)?;
         }
         let endpoint = record.endpoint;
         let bytes = record.body.len() as u64;
         let event_id = record.event_id.clone();
+        // Compressed once, here, for the upstream: the spool then writes (and dispatch sends)
+        // about half the bytes. Captured records stay as they came, to be written readable.
+        if matches!(record.target, Target::Upstream(_)) {
+            let (body, enc) = crate::upstream::compress(&record.body, self.cfg.compression, self.cfg.gzip_level);
+            if let Some(encoding) = BodyEncoding::from_name(enc) {
+                (record.body, record.encoding) = (body, encoding);
+            }
+        }
         self.spool.append(vec![record]).await?;
         counter!(t::ACCEPTED, "endpoint" => endpoint.name()).increment(1);
         counter!(t::ACCEPTED_BYTES, "endpoint" => endpoint.name()).increment(bytes);
@@ -366,6 +375,7 @@ impl Ingest {
             categories: env.categories(),
             item_types: env.items.iter().map(|i| i.ty.name().to_owned()).collect(),
             body: env.bytes,
+            encoding: BodyEncoding::Identity,
             received_ms: now_ms(),
         };
         self.append(record).await

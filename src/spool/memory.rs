@@ -166,6 +166,7 @@ mod tests {
             path_and_query: "/api/1/envelope/".into(),
             headers: vec![],
             body: bytes::Bytes::from_static(body),
+            encoding: Default::default(),
             project_id: 1,
             public_key: "k".into(),
             event_id: None,

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use memory::MemorySpool;
-pub use record::{Endpoint, Queued, Record, Target};
+pub use record::{BodyEncoding, Endpoint, Queued, Record, Target};
 pub use sqlite::{SqliteOptions, SqliteSpool};
 pub use tiered::TieredSpool;
 

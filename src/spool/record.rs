@@ -79,6 +79,44 @@ pub enum Target {
     Capture,
 }
 
+/// How a record's `body` is stored: as the SDK sent it (after content decoding), or already
+/// compressed for the upstream at ingest, so that the spool writes half the bytes and dispatch
+/// sends them as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyEncoding {
+    /// Not compressed.
+    #[default]
+    Identity,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl BodyEncoding {
+    /// The `Content-Encoding` name (`None` for identity).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            BodyEncoding::Identity => None,
+            BodyEncoding::Gzip => Some("gzip"),
+            BodyEncoding::Zstd => Some("zstd"),
+        }
+    }
+
+    /// The inverse of [`BodyEncoding::name`].
+    pub fn from_name(s: Option<&str>) -> Option<BodyEncoding> {
+        match s {
+            None => Some(BodyEncoding::Identity),
+            Some("gzip") => Some(BodyEncoding::Gzip),
+            Some("zstd") => Some(BodyEncoding::Zstd),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Decoded bodies are never larger than this (ingest refuses larger ones long before).
+const MAX_DECODED: u64 = 1 << 30;
+
 /// One accepted request, as stored in the spool.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -92,8 +130,10 @@ pub struct Record {
     pub path_and_query: String,
     /// Headers to send upstream as they came in (auth, content type, user agent, ...).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// The body after content decoding.
+    /// The body after content decoding, stored as `encoding` says.
     pub body: Bytes,
+    /// How `body` is stored.
+    pub encoding: BodyEncoding,
     /// Project id, for routing, rate limits and logs.
     pub project_id: u64,
     /// Public key, for routing and rate limits.
@@ -106,6 +146,25 @@ pub struct Record {
     pub item_types: Vec<String>,
     /// When the sidecar accepted it (unix ms).
     pub received_ms: u64,
+}
+
+impl Record {
+    /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
+    /// compressed.
+    pub fn decoded_body(&self) -> std::io::Result<Bytes> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match self.encoding {
+            BodyEncoding::Identity => return Ok(self.body.clone()),
+            BodyEncoding::Gzip => {
+                flate2::read::GzDecoder::new(&self.body[..]).take(MAX_DECODED).read_to_end(&mut out)?
+            }
+            BodyEncoding::Zstd => {
+                zstd::stream::read::Decoder::new(&self.body[..])?.take(MAX_DECODED).read_to_end(&mut out)?
+            }
+        };
+        Ok(Bytes::from(out))
+    }
 }
 
 /// A leased record, as handed to dispatch.

@@ -174,6 +174,7 @@ fn client_report(
         path_and_query,
         headers,
         body: Bytes::from(body),
+        encoding: crate::spool::BodyEncoding::Identity,
         project_id,
         public_key,
         event_id: None,

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use super::report::{self, DropReason, Dropped};
-use super::{now_ms, BoxFuture, Endpoint, Queued, Record, Reschedule, Spool, SpoolError, Target};
+use super::{now_ms, BodyEncoding, BoxFuture, Endpoint, Queued, Record, Reschedule, Spool, SpoolError, Target};
 use crate::config::{DeliveryOrder, Durability, FullPolicy, UpstreamUrl};
 use crate::protocol::Categories;
 
@@ -93,6 +93,9 @@ struct Meta {
     event_id: Option<String>,
     #[serde(default)]
     items: Vec<String>,
+    /// `Content-Encoding` of the stored body (absent: as the SDK sent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encoding: Option<String>,
 }
 
 impl SqliteSpool {
@@ -1003,6 +1006,7 @@ fn encode_meta(r: &Record) -> Vec<u8> {
         key: r.public_key.clone(),
         event_id: r.event_id.clone(),
         items: r.item_types.clone(),
+        encoding: r.encoding.name().map(str::to_owned),
     };
     serde_json::to_vec(&meta).unwrap_or_default()
 }
@@ -1034,6 +1038,7 @@ fn decode_row(dir: &Path, row: Row) -> Option<Record> {
         .collect();
     Some(Record {
         target,
+        encoding: BodyEncoding::from_name(meta.encoding.as_deref())?,
         endpoint: Endpoint::from_name(&meta.endpoint)?,
         method: http::Method::from_bytes(meta.method.as_bytes()).ok()?,
         path_and_query: meta.path,
@@ -1277,6 +1282,7 @@ mod tests {
             path_and_query: "/api/1/envelope/".into(),
             headers: vec![],
             body: Bytes::from_static(body),
+            encoding: BodyEncoding::Identity,
             project_id: 1,
             public_key: "k".into(),
             event_id: None,

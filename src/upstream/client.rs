@@ -17,7 +17,7 @@ use super::compress::compress;
 use super::limit::LimitedConnector;
 use super::rewrite;
 use crate::config::{Compression, Config, UpstreamUrl};
-use crate::spool::{Endpoint, Record};
+use crate::spool::{BodyEncoding, Endpoint, Record};
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +112,10 @@ impl UpstreamClient {
     /// Sends one record to `base` and classifies the answer; `elapsed` is how long it has been in
     /// the sidecar (to shift `sent_at`). Never panics on network input.
     pub async fn send(&self, base: &UpstreamUrl, record: &Record, elapsed: Duration) -> Attempt {
-        let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
-        let shifted = if is_envelope { rewrite::shift_sent_at(&record.body, elapsed) } else { None };
-        let body = shifted.as_ref().unwrap_or(&record.body);
-        let (payload, encoding) = compress(body, self.compression, self.gzip_level);
+        let (payload, encoding) = match self.payload(record, elapsed) {
+            Ok(p) => p,
+            Err(e) => return Attempt::rejected(format!("stored body cannot be decoded: {e}")),
+        };
         let sent_bytes = payload.len();
         let uri = format!("{}{}", base.as_str(), record.path_and_query);
         let mut builder = http::Request::builder().method(record.method.clone()).uri(uri);
@@ -141,17 +141,7 @@ impl UpstreamClient {
         }
         let req = match builder.body(Full::new(payload)) {
             Ok(r) => r,
-            Err(e) => {
-                return Attempt {
-                    outcome: Outcome::Rejected {
-                        status: 0,
-                        detail: Some(format!("cannot build request: {e}")),
-                        limits: vec![],
-                    },
-                    version: None,
-                    sent_bytes: 0,
-                }
-            }
+            Err(e) => return Attempt::rejected(format!("cannot build request: {e}")),
         };
         let fut = async {
             let resp = self.client.request(req).await?;
@@ -174,6 +164,42 @@ impl UpstreamClient {
                 version: None,
                 sent_bytes,
             },
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// The body to send and its `Content-Encoding`. A body stored compressed the way this
+    /// upstream wants goes out as stored; one whose `sent_at` must be shifted (it waited a second
+    /// or more) is decoded, rewritten and compressed again.
+    fn payload(&self, record: &Record, elapsed: Duration) -> std::io::Result<(Bytes, Option<&'static str>)> {
+        let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
+        if is_envelope && elapsed >= rewrite::MIN_SHIFT {
+            let raw = record.decoded_body()?;
+            if let Some(shifted) = rewrite::shift_sent_at(&raw, elapsed) {
+                return Ok(compress(&shifted, self.compression, self.gzip_level));
+            }
+        }
+        let wanted = match self.compression {
+            Compression::Gzip => BodyEncoding::Gzip,
+            Compression::Zstd => BodyEncoding::Zstd,
+            Compression::None => BodyEncoding::Identity,
+        };
+        match record.encoding {
+            BodyEncoding::Identity => Ok(compress(&record.body, self.compression, self.gzip_level)),
+            stored if stored == wanted => Ok((record.body.clone(), stored.name())),
+            // Stored for another setting (the configuration changed across a restart).
+            _ => Ok(compress(&record.decoded_body()?, self.compression, self.gzip_level)),
+        }
+    }
+}
+
+impl Attempt {
+    fn rejected(detail: String) -> Attempt {
+        Attempt {
+            outcome: Outcome::Rejected { status: 0, detail: Some(detail), limits: vec![] },
+            version: None,
+            sent_bytes: 0,
         }
     }
 }

@@ -537,3 +537,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `len` pseudo-random hex digits: filler that compression cannot shrink below half, for tests
+/// that fill a byte-bounded spool (the spool stores bodies compressed).
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x >> 60) as u32, 16).unwrap_or('0')
+        })
+        .collect()
+}
