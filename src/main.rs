@@ -47,11 +47,23 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// glibc gives every thread that allocates its own malloc arena; for a small always-on process
 /// with a writer thread and runtime workers that mostly shows up as RSS held by idle arenas.
+///
+/// Freed memory inside an arena goes back to the OS only from the arena's top, so after a burst
+/// free pages in the middle stay resident; a small thread hands them back every few seconds.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        let _ = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
     }
 }
 

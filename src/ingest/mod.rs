@@ -272,6 +272,9 @@ impl Ingest {
                 (record.body, record.encoding) = (body, encoding);
             }
         }
+        if record.encoding == BodyEncoding::Identity && record.body.len() <= COPY_BODY_MAX {
+            record.body = Bytes::copy_from_slice(&record.body);
+        }
         self.spool.append(vec![record]).await?;
         counter!(t::ACCEPTED, "endpoint" => endpoint.name()).increment(1);
         counter!(t::ACCEPTED_BYTES, "endpoint" => endpoint.name()).increment(bytes);
@@ -350,7 +353,7 @@ impl Ingest {
             .headers
             .iter()
             .filter(|(k, _)| matches!(k.as_str(), "user-agent" | "origin" | "referer"))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(owned_header)
             .collect();
         headers.push((CONTENT_TYPE, HeaderValue::from_static("application/x-sentry-envelope")));
         let client_ip = parts
@@ -400,8 +403,21 @@ fn header_auth(headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
 }
 
 fn kept_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    h.iter().filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    h.iter().filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str())).map(owned_header).collect()
 }
+
+/// A header for a record that lives on in the spool. hyper's header values are slices of the
+/// connection's read buffer; keeping one would keep the whole buffer (8 KB or more per cached
+/// record, which was most of the RSS at c=256), so the few bytes are copied.
+fn owned_header((k, v): (&HeaderName, &HeaderValue)) -> (HeaderName, HeaderValue) {
+    let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    (k.clone(), copy)
+}
+
+/// Bodies up to this size that are stored as they came are copied out of the read buffer for
+/// the same reason (larger ones are collected into their own buffer by `body::read` anyway).
+const COPY_BODY_MAX: usize = 64 * 1024;
 
 impl Handler for Ingest {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -429,5 +445,28 @@ impl Handler for Ingest {
         counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status()))
             .increment(1);
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header value parsed by hyper is a slice of the connection's read buffer; the copy kept
+    /// for the spool must not point into it (it would keep the whole buffer alive).
+    #[test]
+    fn kept_headers_do_not_share_the_read_buffer() {
+        let buffer = Bytes::from(vec![b'a'; 8192]);
+        let mut value = HeaderValue::from_maybe_shared(buffer.slice(10..40)).unwrap();
+        value.set_sensitive(true);
+        let mut map = HeaderMap::new();
+        map.insert(HeaderName::from_static("x-sentry-auth"), value);
+        let kept = kept_headers(&map);
+        assert_eq!(kept.len(), 1);
+        let (name, copy) = &kept[0];
+        assert_eq!((name.as_str(), copy.as_bytes()), ("x-sentry-auth", &buffer[10..40]));
+        assert!(copy.is_sensitive());
+        let range = buffer.as_ptr_range();
+        assert!(!range.contains(&copy.as_bytes().as_ptr()), "the kept value points into the read buffer");
     }
 }

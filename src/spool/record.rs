@@ -157,6 +157,9 @@ impl Record {
         match self.encoding {
             BodyEncoding::Identity => return Ok(self.body.clone()),
             BodyEncoding::Gzip => {
+                if let Some(b) = gunzip_whole(&self.body) {
+                    return Ok(b);
+                }
                 flate2::read::GzDecoder::new(&self.body[..]).take(MAX_DECODED).read_to_end(&mut out)?
             }
             BodyEncoding::Zstd => {
@@ -165,6 +168,24 @@ impl Record {
         };
         Ok(Bytes::from(out))
     }
+}
+
+thread_local! {
+    static INFLATE: std::cell::RefCell<libdeflater::Decompressor> =
+        std::cell::RefCell::new(libdeflater::Decompressor::new());
+}
+
+/// One-shot gunzip of a body this process compressed: the gzip trailer gives the decoded size, so
+/// the output is allocated once at its size (a streaming decoder allocates and zeroes its state
+/// for every body). `None` if the trailer does not fit the data; the caller then streams.
+fn gunzip_whole(gz: &[u8]) -> Option<Bytes> {
+    let isize = u32::from_le_bytes(gz.get(gz.len().checked_sub(4)?..)?.try_into().ok()?) as usize;
+    if isize as u64 > MAX_DECODED {
+        return None;
+    }
+    let mut out = vec![0u8; isize];
+    let n = INFLATE.with(|d| d.borrow_mut().gzip_decompress(gz, &mut out)).ok()?;
+    (n == isize).then(|| Bytes::from(out))
 }
 
 /// A leased record, as handed to dispatch.

@@ -61,11 +61,33 @@ fn gzip(body: &[u8], level: u32) -> Option<Bytes> {
             *slot = Some((level, Compressor::new(lvl)));
         }
         let (_, deflate) = slot.as_mut()?;
-        let mut out = vec![0u8; deflate.gzip_compress_bound(body.len())];
-        let n = deflate.gzip_compress(body, &mut out).ok()?;
-        out.truncate(n);
-        Some(Bytes::from(out))
+        let bound = deflate.gzip_compress_bound(body.len());
+        if bound > SCRATCH_MAX {
+            let mut out = vec![0u8; bound];
+            let n = deflate.gzip_compress(body, &mut out).ok()?;
+            out.truncate(n);
+            out.shrink_to_fit();
+            return Some(Bytes::from(out));
+        }
+        // Compressed into a reused buffer and copied out at its exact size: the result is kept
+        // in the spool's cache, and an allocation sized for the worst case would hold twice
+        // the memory.
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            if out.len() < bound {
+                out.resize(bound, 0);
+            }
+            let n = deflate.gzip_compress(body, &mut out[..bound]).ok()?;
+            Some(Bytes::copy_from_slice(&out[..n]))
+        })
     })
+}
+
+/// Bodies whose worst-case output is larger than this get their own buffer.
+const SCRATCH_MAX: usize = 256 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
