@@ -460,3 +460,27 @@ async fn newest_first_delivery_order() {
     assert_eq!(event_ids(&got), ids, "newest first");
     sidecar.shutdown().await;
 }
+
+/// Waits decided by a previous process end with it: an envelope held for half an hour by a 429 (or,
+/// after an outage, by minutes of backoff) is sent right after a restart; the upstream says
+/// again if the limit still holds. Before the fix the drain bench's backlog sat out its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_releases_envelopes_waiting_for_a_retry_time() {
+    let _serial = serial().await;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let limited =
+        Upstream::start_with(&pki, true, Arc::new(|_, _| (429, vec![("retry-after", "1800".to_string())]))).await;
+    let sidecar = start(upstream_config(dir.path(), &pki, &limited)).await;
+    let metrics = Metrics::new(sidecar.local_addr()).await;
+    let (id, body) = error_envelope("held-for-half-an-hour");
+    assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
+    metrics.wait_delta(r#"sidecar_upstream_attempts_total{result="429"}"#, 1.0, 5).await;
+    sidecar.shutdown().await;
+
+    let up = Upstream::start(&pki).await;
+    let sidecar = start(upstream_config(dir.path(), &pki, &up)).await;
+    let got = up.wait_for(1, 5).await;
+    assert_eq!(event_ids(&got), vec![id]);
+    sidecar.shutdown().await;
+}

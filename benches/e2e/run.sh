@@ -147,7 +147,7 @@ start_sidecar() { # upstream-port extra-args...
   local port=$1; shift
   rm -rf "$work/spool"
   taskset -c 0 "$BIN" --listen 127.0.0.1:13000 --upstream "https://127.0.0.1:$port" --ca-file "$work/ca.pem" \
-    --spool-dir "$work/spool" --log-level warn $SIDECAR_EXTRA "$@" 2>"$work/sidecar.log" &
+    --spool-dir "$work/spool" --log-level "${SIDECAR_LOG:-warn}" $SIDECAR_EXTRA "$@" 2>"$work/sidecar.log" &
   SIDECAR=$!
   pids+=("$SIDECAR")
   for _ in $(seq 100); do curl -sf http://127.0.0.1:13000/readyz >/dev/null && return; sleep 0.1; done
@@ -226,7 +226,7 @@ kill "$SIDECAR"; wait "$SIDECAR" 2>/dev/null || true
 : > "$work/up/sidecar.log"
 # Restart on the same spool, now pointing at the healthy upstream.
 taskset -c 0 "$BIN" --listen 127.0.0.1:13000 --upstream https://127.0.0.1:18443 --ca-file "$work/ca.pem" \
-  --spool-dir "$work/spool" --log-level warn --drain-rate 0 $SIDECAR_EXTRA 2>>"$work/sidecar.log" &
+  --spool-dir "$work/spool" --log-level "${SIDECAR_LOG:-warn}" --drain-rate 0 $SIDECAR_EXTRA 2>>"$work/sidecar.log" &
 SIDECAR=$!; pids+=("$SIDECAR")
 d0=$(date +%s.%N)
 wait_for_count "$work/up/sidecar.log" "$BACKLOG" 300

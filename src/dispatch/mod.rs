@@ -281,6 +281,10 @@ impl Dispatcher {
             pacer.start();
         }
         let mut last_prune = now_ms();
+        // Set when everything just read was held back by an open circuit: reading again before
+        // then would only lease and hold the next fresh envelopes (a spool write each), however
+        // fast the held deliveries settle.
+        let mut blocked_until: Option<tokio::time::Instant> = None;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -288,14 +292,18 @@ impl Dispatcher {
 
             if self.recovered.swap(false, Ordering::AcqRel) {
                 pacer.start();
+                blocked_until = None;
             }
             if pacer.active && self.spool.len() as usize <= self.cfg.batch_size {
                 pacer.active = false;
             }
             let room = self.cfg.max_in_flight.saturating_sub(tasks.len()).min(self.cfg.batch_size);
-            let allowed = room.min(pacer.available());
+            let blocked = blocked_until.is_some_and(|t| t > tokio::time::Instant::now());
+            let allowed = if blocked { 0 } else { room.min(pacer.available()) };
             let mut wait = None;
-            if allowed > 0 {
+            if blocked {
+                wait = blocked_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now()));
+            } else if allowed > 0 {
                 match self.spool.read_batch(allowed, 8 * 1024 * 1024, now_ms()).await {
                     Ok(batch) => {
                         pacer.spend(batch.len());
@@ -307,6 +315,7 @@ impl Dispatcher {
                             // Everything due is waiting on an open circuit: stop reading until
                             // the probe answers or the next probe time, instead of churning.
                             wait = Some(self.cfg.retry_initial);
+                            blocked_until = Some(tokio::time::Instant::now() + self.cfg.retry_initial);
                         }
                     }
                     Err(e) => {

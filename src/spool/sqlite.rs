@@ -519,7 +519,17 @@ impl Db {
         if !reserve.exists() {
             write_reserve(&reserve);
         }
-        db.next_due = db.query_next_due(now_ms())?;
+        // Waits decided by the previous process (circuit holds, per-envelope backoff, rate
+        // limits) end with it: what they were based on is gone, and a held backlog would
+        // otherwise sit out minutes of backoff after the restart that follows an outage. A
+        // limit that still holds is learnt again from the first answer.
+        let now = now_ms();
+        let released =
+            db.conn.execute("UPDATE envelopes SET due_ms = received_ms WHERE due_ms > ?1", params![now as i64])?;
+        if released > 0 {
+            tracing::info!(envelopes = released, "envelopes waiting for a retry time are due again after the restart");
+        }
+        db.next_due = db.query_next_due(now)?;
         if len > 0 {
             tracing::info!(envelopes = len, bytes, "spool opened with a backlog; delivering it");
         }
