@@ -30,7 +30,7 @@ pub const RETRIES: &str = "sidecar_retries_total";
 pub const DROPPED: &str = "sidecar_dropped_total";
 /// Envelopes waiting in the spool.
 pub const SPOOL_ENVELOPES: &str = "sidecar_spool_envelopes";
-/// Bytes waiting in the spool.
+/// Bytes waiting in the spool, as stored (bodies compressed for the upstream).
 pub const SPOOL_BYTES: &str = "sidecar_spool_bytes";
 /// 1 while an upstream's circuit is open (sending stopped, probing), by `upstream`.
 pub const CIRCUIT_OPEN: &str = "sidecar_upstream_circuit_open";

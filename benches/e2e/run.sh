@@ -62,7 +62,7 @@ cat > "$work/up/nginx.conf" <<CONF
 worker_processes 1;
 worker_cpu_affinity 10;
 pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
+error_log $work/up/error.log ${UP_LOG_LEVEL:-warn};
 events { worker_connections 4096; }
 http {
   access_log off;
