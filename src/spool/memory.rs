@@ -156,24 +156,9 @@ impl Spool for MemorySpool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Endpoint, Target};
 
     fn rec(body: &'static [u8]) -> Record {
-        Record {
-            target: Target::Capture,
-            endpoint: Endpoint::Envelope,
-            method: http::Method::POST,
-            path_and_query: "/api/1/envelope/".into(),
-            headers: vec![],
-            body: bytes::Bytes::from_static(body),
-            encoding: Default::default(),
-            project_id: 1,
-            public_key: "k".into(),
-            event_id: None,
-            categories: Default::default(),
-            item_types: vec![],
-            received_ms: 0,
-        }
+        Record::for_test(body, 0)
     }
 
     #[tokio::test]

@@ -149,6 +149,26 @@ pub struct Record {
 }
 
 impl Record {
+    /// A captured envelope record for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(body: &'static [u8], received_ms: u64) -> Record {
+        Record {
+            target: Target::Capture,
+            endpoint: Endpoint::Envelope,
+            method: http::Method::POST,
+            path_and_query: "/api/1/envelope/".into(),
+            headers: vec![],
+            body: Bytes::from_static(body),
+            encoding: BodyEncoding::Identity,
+            project_id: 1,
+            public_key: "k".into(),
+            event_id: None,
+            categories: Categories::default(),
+            item_types: vec![],
+            received_ms,
+        }
+    }
+
     /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
     /// compressed.
     pub fn decoded_body(&self) -> std::io::Result<Bytes> {

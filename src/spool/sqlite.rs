@@ -1285,21 +1285,7 @@ mod tests {
     use super::*;
 
     fn rec(body: &'static [u8]) -> Record {
-        Record {
-            target: Target::Capture,
-            endpoint: Endpoint::Envelope,
-            method: http::Method::POST,
-            path_and_query: "/api/1/envelope/".into(),
-            headers: vec![],
-            body: Bytes::from_static(body),
-            encoding: BodyEncoding::Identity,
-            project_id: 1,
-            public_key: "k".into(),
-            event_id: None,
-            categories: Categories::default(),
-            item_types: vec![],
-            received_ms: now_ms(),
-        }
+        Record::for_test(body, now_ms())
     }
 
     fn open(dir: &Path, order: DeliveryOrder) -> SqliteSpool {
