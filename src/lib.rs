@@ -5,22 +5,24 @@
 //! ```text
 //!  SDK --HTTP/1.1 loopback--> ingest --> spool --> dispatch --> upstream ==TLS pool==> Sentry
 //!                             parse,     SQLite    batches,     hyper + rustls,
-//!                             validate,  WAL,      rate limits, gzip, HTTP/2 or 1.1
-//!                             ack 200    bounded   circuit,
-//!                             after the            retries
+//!                             validate,  WAL,      rate limits, HTTP/2 or 1.1,
+//!                             gzip once, bounded   circuit,     stored bytes as
+//!                             ack 200              retries      they are
+//!                             after the
 //!                             append
 //! ```
 //!
 //! - [`protocol`]: the Sentry wire format (DSN, auth, envelopes, store bodies, categories, rate-limit
 //!   headers). Pure, no I/O.
-//! - [`ingest`]: the hyper server; routes, auth, body limits and decoding; appends to the spool and
-//!   only then answers.
+//! - [`ingest`]: the hyper server; routes, auth, body limits and decoding; compresses the body
+//!   once for the upstream, appends it to the spool and only then answers.
 //! - [`spool`]: the durable queue between the two halves, behind the [`spool::Spool`] trait
 //!   (SQLite with group commit; a RAM tier for `durability = memory`; client reports for drops).
 //! - [`dispatch`]: leases batches from the spool, gates them on the rate-limit table and the
 //!   upstream's circuit, delivers them with bounded concurrency, acks or reschedules by the
 //!   classified outcome.
-//! - [`upstream`]: the pooled rustls client and [`upstream::classify`].
+//! - [`upstream`]: the pooled rustls client (which sends a stored body as it is, unless its
+//!   `sent_at` must be shifted), the codecs and [`upstream::classify`].
 //! - [`capture`]: the sink used when no upstream is configured.
 //! - [`admin`]: health, readiness and Prometheus metrics. [`telemetry`] names every metric.
 //! - [`config`]: flags, environment and TOML, validated into [`config::Config`].

@@ -3,8 +3,8 @@
 //!
 //! A request goes: route (path and method) -> auth (header, query, envelope `dsn`) -> body (wire
 //! limit, content decoding with a decoded limit) -> endpoint rules (envelope grammar, store body
-//! sniffing) -> target (per-project/per-key route, default upstream, or capture) -> spool append ->
-//! `200 {"id": ...}`. Any refusal is a short JSON error with the right status, counted by reason.
+//! sniffing) -> target (per-project/per-key route, default upstream, or capture) -> compression for
+//! the upstream (once, here) -> spool append -> `200 {"id": ...}`. Any refusal is a short JSON error with the right status, counted by reason.
 
 pub mod body;
 pub mod response;
