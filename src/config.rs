@@ -190,6 +190,9 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight work.
     pub shutdown_timeout: Duration,
+    /// Async runtime threads: 1 (the default) runs ingest and dispatch on one thread, more use a
+    /// work-stealing pool. The spool's writer always has a thread of its own.
+    pub worker_threads: usize,
     /// Durability of acknowledged envelopes.
     pub durability: Durability,
     /// Byte bound of the spool.
@@ -343,6 +346,7 @@ impl Config {
         let retry_initial = pick!(retry_initial, parse_duration, Duration::from_secs(1));
         let retry_max = pick!(retry_max, parse_duration, Duration::from_secs(300));
         let shutdown_timeout = pick!(shutdown_timeout, parse_duration, Duration::from_secs(10));
+        let worker_threads = pick!(worker_threads, parse_count, 1);
         let durability = pick!(durability, parse_durability, Durability::Process);
         let spool_max_bytes = pick!(spool_max_bytes, parse_size, 1024 * 1024 * 1024) as u64;
         let spool_max_age = pick!(spool_max_age, parse_duration, Duration::from_secs(24 * 3600));
@@ -387,6 +391,7 @@ impl Config {
             retry_initial,
             retry_max,
             shutdown_timeout,
+            worker_threads,
             durability,
             spool_max_bytes,
             spool_max_age,
@@ -691,6 +696,9 @@ struct Cli {
     /// How long SIGTERM waits for in-flight requests [default: 10s].
     #[arg(long, env = "SENTRY_SIDECAR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     shutdown_timeout: Option<Duration>,
+    /// Async runtime threads; 1 runs everything but the spool writer on one thread [default: 1].
+    #[arg(long, env = "SENTRY_SIDECAR_WORKER_THREADS", value_name = "N", value_parser = parse_count)]
+    worker_threads: Option<usize>,
     /// Durability of acknowledged envelopes: process (survives kill -9), power (fsync before the
     /// answer), memory (fastest; lost on a crash) [default: process].
     #[arg(long, env = "SENTRY_SIDECAR_DURABILITY", value_name = "LEVEL", value_parser = parse_durability)]
@@ -748,6 +756,7 @@ mod tests {
         assert_eq!(c.spool_dir, PathBuf::from("./sentry-sidecar-data"));
         assert_eq!(c.upstream, None);
         assert_eq!(c.compression, Compression::Gzip);
+        assert_eq!(c.worker_threads, 1);
         assert!(c.tunnel_allow.is_empty());
     }
 
@@ -760,6 +769,7 @@ mod tests {
             request_timeout = "2s"
             max_request_bytes = "1MiB"
             batch_size = 10
+            worker_threads = 2
             tunnel_allow = ["https://abc@o1.ingest.sentry.io/42"]
             [[routes]]
             project = 7
@@ -775,6 +785,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(2));
         assert_eq!(c.max_request_bytes, 1024 * 1024);
         assert_eq!(c.batch_size, 10);
+        assert_eq!(c.worker_threads, 2);
         assert_eq!(c.tunnel_allow[0].project_id, 42);
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].upstream.as_str(), "https://sentry.example.com/prefix");

@@ -68,6 +68,7 @@ fn help_documents_every_setting() {
         "--retry-initial",
         "--retry-max",
         "--shutdown-timeout",
+        "--worker-threads",
         "--log-format",
         "--log-level",
         "SENTRY_SIDECAR_LISTEN",
@@ -139,11 +140,26 @@ fn flag_beats_env_beats_file() {
 
 #[test]
 fn new_user_capture_mode_then_clean_sigterm() {
+    capture_mode_then_clean_sigterm(&[]);
+}
+
+/// The same on a work-stealing runtime (the default is one thread).
+#[test]
+fn capture_mode_on_two_worker_threads() {
+    capture_mode_then_clean_sigterm(&["--worker-threads", "2"]);
+}
+
+fn capture_mode_then_clean_sigterm(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child =
-        bin().current_dir(dir.path()).args(["--listen", &addr.to_string()]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = bin()
+        .current_dir(dir.path())
+        .args(["--listen", &addr.to_string()])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_ready(addr, &mut child);
     let f = load_fixture("02_sdk_error_gzip");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
