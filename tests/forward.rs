@@ -220,3 +220,41 @@ async fn stored_compressed_bodies_follow_a_compression_change_across_restarts() 
     assert_eq!(line["body"].as_str().unwrap().as_bytes(), &f.decoded()[..]);
     sidecar.shutdown().await;
 }
+
+/// A 3 MB envelope (an error and a large attachment, half compressible): compressed off the
+/// runtime thread, stored as a file beside the database, sent byte for byte; also after waiting
+/// long enough for its `sent_at` to be shifted on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_envelope_arrives_byte_for_byte() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = dead_port().await;
+    let sidecar = start(config_for_port(dir.path(), &pki, port)).await;
+    let id = format!("{:032x}", fastrand::u128(..));
+    let attachment: Vec<u8> =
+        noise(7, 1_500_000).into_bytes().into_iter().chain(std::iter::repeat_n(b'x', 1_500_000)).collect();
+    let event = format!(r#"{{"event_id":"{id}","message":"large"}}"#);
+    let mut body = format!(
+        "{{\"event_id\":\"{id}\",\"sent_at\":\"2026-01-01T00:00:00Z\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{event}\n{{\"type\":\"attachment\",\"length\":{},\"filename\":\"big.bin\"}}\n",
+        event.len(),
+        attachment.len()
+    )
+    .into_bytes();
+    body.extend_from_slice(&attachment);
+    body.push(b'\n');
+    assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
+    // The upstream comes up after more than a second: sent_at is shifted, the items are not.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let up = Upstream::start_on(&pki, port).await;
+    let got = up.wait_for(1, 20).await;
+    assert_eq!(got[0].header("content-encoding"), Some("gzip"));
+    assert!(got[0].raw_body.len() < body.len() * 3 / 4, "{} bytes sent", got[0].raw_body.len());
+    let header_end = body.iter().position(|b| *b == b'\n').unwrap();
+    let sent_header_end = got[0].body.iter().position(|b| *b == b'\n').unwrap();
+    assert_eq!(got[0].body[sent_header_end..], body[header_end..], "items byte for byte");
+    assert!(
+        !String::from_utf8_lossy(&got[0].body[..sent_header_end]).contains("2026-01-01T00:00:00Z"),
+        "sent_at shifted"
+    );
+    sidecar.shutdown().await;
+}

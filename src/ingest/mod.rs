@@ -267,7 +267,16 @@ impl Ingest {
         // Compressed once, here, for the upstream: the spool then writes (and dispatch sends)
         // about half the bytes. Captured records stay as they came, to be written readable.
         if matches!(record.target, Target::Upstream(_)) {
-            let (body, enc) = crate::upstream::compress(&record.body, self.cfg.compression, self.cfg.gzip_level);
+            let (algo, level, raw) = (self.cfg.compression, self.cfg.gzip_level, record.body.clone());
+            // Large bodies (attachments, minidumps) are compressed off the runtime thread, which
+            // serves every other connection meanwhile.
+            let (body, enc) = if raw.len() > OFFLOAD_BYTES {
+                tokio::task::spawn_blocking(move || crate::upstream::compress(&raw, algo, level))
+                    .await
+                    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            } else {
+                crate::upstream::compress(&raw, algo, level)
+            };
             if let Some(encoding) = BodyEncoding::from_name(enc) {
                 (record.body, record.encoding) = (body, encoding);
             }
@@ -414,6 +423,9 @@ fn owned_header((k, v): (&HeaderName, &HeaderValue)) -> (HeaderName, HeaderValue
     copy.set_sensitive(v.is_sensitive());
     (k.clone(), copy)
 }
+
+/// Bodies above this are compressed on the blocking pool rather than the runtime thread.
+const OFFLOAD_BYTES: usize = 64 * 1024;
 
 /// Bodies up to this size that are stored as they came are copied out of the read buffer for
 /// the same reason (larger ones are collected into their own buffer by `body::read` anyway).

@@ -112,7 +112,17 @@ impl UpstreamClient {
     /// Sends one record to `base` and classifies the answer; `elapsed` is how long it has been in
     /// the sidecar (to shift `sent_at`). Never panics on network input.
     pub async fn send(&self, base: &UpstreamUrl, record: &Record, elapsed: Duration) -> Attempt {
-        let (payload, encoding) = match self.payload(record, elapsed) {
+        let (compression, level) = (self.compression, self.gzip_level);
+        let prepared = if record.body.len() > OFFLOAD_BYTES {
+            // Decoding and compressing a large body stays off the runtime thread.
+            let owned = record.clone();
+            tokio::task::spawn_blocking(move || payload(&owned, compression, level, elapsed))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        } else {
+            payload(record, compression, level, elapsed)
+        };
+        let (payload, encoding) = match prepared {
             Ok(p) => p,
             Err(e) => return Attempt::rejected(format!("stored body cannot be decoded: {e}")),
         };
@@ -168,29 +178,35 @@ impl UpstreamClient {
     }
 }
 
-impl UpstreamClient {
-    /// The body to send and its `Content-Encoding`. A body stored compressed the way this
-    /// upstream wants goes out as stored; one whose `sent_at` must be shifted (it waited a second
-    /// or more) is decoded, rewritten and compressed again.
-    fn payload(&self, record: &Record, elapsed: Duration) -> std::io::Result<(Bytes, Option<&'static str>)> {
-        let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
-        if is_envelope && elapsed >= rewrite::MIN_SHIFT {
-            let raw = record.decoded_body()?;
-            if let Some(shifted) = rewrite::shift_sent_at(&raw, elapsed) {
-                return Ok(compress(&shifted, self.compression, self.gzip_level));
-            }
+/// Bodies above this are prepared on the blocking pool rather than the runtime thread.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// The body to send and its `Content-Encoding`. A body stored compressed the way this upstream
+/// wants goes out as stored; one whose `sent_at` must be shifted (it waited a second or more) is
+/// decoded, rewritten and compressed again.
+fn payload(
+    record: &Record,
+    compression: Compression,
+    level: u32,
+    elapsed: Duration,
+) -> std::io::Result<(Bytes, Option<&'static str>)> {
+    let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
+    if is_envelope && elapsed >= rewrite::MIN_SHIFT {
+        let raw = record.decoded_body()?;
+        if let Some(shifted) = rewrite::shift_sent_at(&raw, elapsed) {
+            return Ok(compress(&shifted, compression, level));
         }
-        let wanted = match self.compression {
-            Compression::Gzip => BodyEncoding::Gzip,
-            Compression::Zstd => BodyEncoding::Zstd,
-            Compression::None => BodyEncoding::Identity,
-        };
-        match record.encoding {
-            BodyEncoding::Identity => Ok(compress(&record.body, self.compression, self.gzip_level)),
-            stored if stored == wanted => Ok((record.body.clone(), stored.name())),
-            // Stored for another setting (the configuration changed across a restart).
-            _ => Ok(compress(&record.decoded_body()?, self.compression, self.gzip_level)),
-        }
+    }
+    let wanted = match compression {
+        Compression::Gzip => BodyEncoding::Gzip,
+        Compression::Zstd => BodyEncoding::Zstd,
+        Compression::None => BodyEncoding::Identity,
+    };
+    match record.encoding {
+        BodyEncoding::Identity => Ok(compress(&record.body, compression, level)),
+        stored if stored == wanted => Ok((record.body.clone(), stored.name())),
+        // Stored for another setting (the configuration changed across a restart).
+        _ => Ok(compress(&record.decoded_body()?, compression, level)),
     }
 }
 
