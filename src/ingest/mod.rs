@@ -277,11 +277,13 @@ impl Ingest {
             } else {
                 crate::upstream::compress(&raw, algo, level)
             };
-            if let Some(encoding) = BodyEncoding::from_name(enc) {
-                (record.body, record.encoding) = (body, encoding);
+            match enc {
+                Some(_) => (record.body, record.encoding) = (body, BodyEncoding::from_label(enc).unwrap_or_default()),
+                None if algo != crate::config::Compression::None => record.encoding = BodyEncoding::Incompressible,
+                None => {}
             }
         }
-        if record.encoding == BodyEncoding::Identity && record.body.len() <= COPY_BODY_MAX {
+        if record.encoding.name().is_none() && record.body.len() <= COPY_BODY_MAX {
             record.body = Bytes::copy_from_slice(&record.body);
         }
         self.spool.append(vec![record]).await?;

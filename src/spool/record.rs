@@ -84,9 +84,12 @@ pub enum Target {
 /// sends them as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyEncoding {
-    /// Not compressed.
+    /// Not compressed (compression not tried yet).
     #[default]
     Identity,
+    /// Not compressed: ingest tried and it did not shrink (small sessions, transactions, binary
+    /// attachments), so dispatch does not try again.
+    Incompressible,
     /// gzip.
     Gzip,
     /// zstd.
@@ -94,19 +97,28 @@ pub enum BodyEncoding {
 }
 
 impl BodyEncoding {
-    /// The `Content-Encoding` name (`None` for identity).
+    /// The `Content-Encoding` to send it with (`None` when not compressed).
     pub fn name(self) -> Option<&'static str> {
         match self {
-            BodyEncoding::Identity => None,
+            BodyEncoding::Identity | BodyEncoding::Incompressible => None,
             BodyEncoding::Gzip => Some("gzip"),
             BodyEncoding::Zstd => Some("zstd"),
         }
     }
 
-    /// The inverse of [`BodyEncoding::name`].
-    pub fn from_name(s: Option<&str>) -> Option<BodyEncoding> {
+    /// How it is written in the spool (`None` for identity).
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            BodyEncoding::Incompressible => Some("incompressible"),
+            other => other.name(),
+        }
+    }
+
+    /// The inverse of [`BodyEncoding::label`].
+    pub fn from_label(s: Option<&str>) -> Option<BodyEncoding> {
         match s {
             None => Some(BodyEncoding::Identity),
+            Some("incompressible") => Some(BodyEncoding::Incompressible),
             Some("gzip") => Some(BodyEncoding::Gzip),
             Some("zstd") => Some(BodyEncoding::Zstd),
             Some(_) => None,
@@ -115,7 +127,7 @@ impl BodyEncoding {
 }
 
 /// Decoded bodies are never larger than this (ingest refuses larger ones long before).
-const MAX_DECODED: u64 = 1 << 30;
+const MAX_DECODED: usize = 1 << 30;
 
 /// One accepted request, as stored in the spool.
 #[derive(Debug, Clone)]
@@ -172,21 +184,13 @@ impl Record {
     /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
     /// compressed.
     pub fn decoded_body(&self) -> std::io::Result<Bytes> {
-        use std::io::Read;
-        let mut out = Vec::new();
-        match self.encoding {
-            BodyEncoding::Identity => return Ok(self.body.clone()),
-            BodyEncoding::Gzip => {
-                if let Some(b) = gunzip_whole(&self.body) {
-                    return Ok(b);
-                }
-                flate2::read::GzDecoder::new(&self.body[..]).take(MAX_DECODED).read_to_end(&mut out)?
+        let Some(name) = self.encoding.name() else { return Ok(self.body.clone()) };
+        if self.encoding == BodyEncoding::Gzip {
+            if let Some(b) = gunzip_whole(&self.body) {
+                return Ok(b);
             }
-            BodyEncoding::Zstd => {
-                zstd::stream::read::Decoder::new(&self.body[..])?.take(MAX_DECODED).read_to_end(&mut out)?
-            }
-        };
-        Ok(Bytes::from(out))
+        }
+        crate::ingest::body::decode_blocking(name, self.body.clone(), MAX_DECODED).map_err(std::io::Error::other)
     }
 }
 
@@ -195,12 +199,14 @@ thread_local! {
         std::cell::RefCell::new(libdeflater::Decompressor::new());
 }
 
-/// One-shot gunzip of a body this process compressed: the gzip trailer gives the decoded size, so
-/// the output is allocated once at its size (a streaming decoder allocates and zeroes its state
-/// for every body). `None` if the trailer does not fit the data; the caller then streams.
+/// One-shot gunzip of a body this process compressed (one gzip member, so the trailer's size is
+/// the whole output's): the output is allocated once at its size, where a streaming decoder
+/// allocates and zeroes its state for every body. `None` if the trailer does not fit the data;
+/// the caller then uses ingest's streaming decoder. Not for bodies from the network, which may
+/// hold several members.
 fn gunzip_whole(gz: &[u8]) -> Option<Bytes> {
     let isize = u32::from_le_bytes(gz.get(gz.len().checked_sub(4)?..)?.try_into().ok()?) as usize;
-    if isize as u64 > MAX_DECODED {
+    if isize > MAX_DECODED {
         return None;
     }
     let mut out = vec![0u8; isize];

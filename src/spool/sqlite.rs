@@ -209,7 +209,7 @@ impl Spool for SqliteSpool {
     }
 
     fn writable(&self) -> Result<(), String> {
-        match self.shared.error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match lock(&self.shared.error).as_ref() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -221,7 +221,7 @@ impl Spool for SqliteSpool {
             s.flush();
             s.tx = None;
         }
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = lock(&self.thread).take();
         Box::pin(async move {
             if let Some(h) = handle {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
@@ -759,7 +759,7 @@ impl Db {
 
     fn set_error(&self, shared: &Shared, e: Option<String>) {
         // Disk-full is reported through the failing appends; readiness reflects any other error.
-        *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+        *lock(&shared.error) = e;
     }
 
     fn commit_effects(&mut self, p: Pending) {
@@ -1016,7 +1016,7 @@ fn encode_meta(r: &Record) -> Vec<u8> {
         key: r.public_key.clone(),
         event_id: r.event_id.clone(),
         items: r.item_types.clone(),
-        encoding: r.encoding.name().map(str::to_owned),
+        encoding: r.encoding.label().map(str::to_owned),
     };
     serde_json::to_vec(&meta).unwrap_or_default()
 }
@@ -1048,7 +1048,7 @@ fn decode_row(dir: &Path, row: Row) -> Option<Record> {
         .collect();
     Some(Record {
         target,
-        encoding: BodyEncoding::from_name(meta.encoding.as_deref())?,
+        encoding: BodyEncoding::from_label(meta.encoding.as_deref())?,
         endpoint: Endpoint::from_name(&meta.endpoint)?,
         method: http::Method::from_bytes(meta.method.as_bytes()).ok()?,
         path_and_query: meta.path,

@@ -204,6 +204,8 @@ fn payload(
     };
     match record.encoding {
         BodyEncoding::Identity => Ok(compress(&record.body, compression, level)),
+        // Ingest tried and it did not shrink.
+        BodyEncoding::Incompressible => Ok((record.body.clone(), None)),
         stored if stored == wanted => Ok((record.body.clone(), stored.name())),
         // Stored for another setting (the configuration changed across a restart).
         _ => Ok(compress(&record.decoded_body()?, compression, level)),
@@ -229,4 +231,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(body: &'static [u8], encoding: BodyEncoding) -> Record {
+        Record { encoding, ..Record::for_test(body, 0) }
+    }
+
+    #[test]
+    fn payload_sends_stored_bodies_as_stored_and_compresses_only_what_was_not_tried() {
+        let json = br#"{"message":"hello hello hello hello hello hello hello hello hello hello"}"#;
+        let fresh = Duration::ZERO;
+        // Not tried yet (a client report, a record from before): compressed now.
+        let (out, enc) = payload(&record(json, BodyEncoding::Identity), Compression::Gzip, 1, fresh).unwrap();
+        assert!(enc == Some("gzip") && out.len() < json.len());
+        // Tried at ingest and it did not shrink: sent as it is, even though it would shrink now.
+        let (out, enc) = payload(&record(json, BodyEncoding::Incompressible), Compression::Gzip, 1, fresh).unwrap();
+        assert_eq!((&out[..], enc), (&json[..], None));
+        // Stored gzip for a gzip upstream: the stored bytes.
+        let (gz, _) = compress(&Bytes::from_static(json), Compression::Gzip, 1);
+        let stored = Record { body: gz.clone(), ..record(b"", BodyEncoding::Gzip) };
+        let (out, enc) = payload(&stored, Compression::Gzip, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz, Some("gzip")));
+        // Stored gzip for an upstream without compression: decoded.
+        let (out, enc) = payload(&stored, Compression::None, 1, fresh).unwrap();
+        assert_eq!((&out[..], enc), (&json[..], None));
+    }
 }
