@@ -57,28 +57,33 @@ export ENVELOPE_FILE="$work/envelope.txt"
 RAW_BYTES=$(stat -c %s "$ENVELOPE_FILE")
 
 # --- upstream: nginx with TLS + HTTP/2 on core 1, one server per phase --------------------------
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
+# The part both nginx configurations share: one worker on one core, temp paths in the work dir.
+nginx_head() { # dir cpu-affinity-mask error-log-level
+  cat <<CONF
 worker_processes 1;
-worker_cpu_affinity 10;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log ${UP_LOG_LEVEL:-warn};
+worker_cpu_affinity $2;
+pid $1/nginx.pid;
+error_log $1/error.log $3;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $work/up/body; proxy_temp_path $work/up/proxy;
-  fastcgi_temp_path $work/up/fcgi; uwsgi_temp_path $work/up/uwsgi; scgi_temp_path $work/up/scgi;
+  client_body_temp_path $1/body; proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fcgi; uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;
   client_max_body_size 20m;
   client_body_buffer_size 1m;
   keepalive_requests 1000000;
+CONF
+}
+
+mkdir -p "$work/up"
+{ nginx_head "$work/up" 10 "${UP_LOG_LEVEL:-warn}"; cat <<CONF
   http2_max_concurrent_streams 256;
   log_format up '\$connection \$content_length \$status';
   ssl_certificate $work/server.pem;
   ssl_certificate_key $work/server.key;
   server {
     listen 127.0.0.1:18443 ssl http2;
-    access_log \$upstream_log up;
-    set \$upstream_log $work/up/sidecar.log;
+    access_log $work/up/sidecar.log up;
     location / { default_type application/json; return 200 '{"id":"00000000000000000000000000000000"}'; }
   }
   server {
@@ -88,25 +93,12 @@ http {
   }
 }
 CONF
-# nginx cannot take a variable path without open_log_file_cache; use a fixed path instead.
-sed -i "s#access_log \\\$upstream_log up;#access_log $work/up/sidecar.log up;#; /set \\\$upstream_log/d" "$work/up/nginx.conf"
+} > "$work/up/nginx.conf"
 "$NGINX" -c "$work/up/nginx.conf" -p "$work/up"
 
 # --- baseline: nginx as a TLS-originating reverse proxy on core 0 --------------------------------
 mkdir -p "$work/proxy"
-cat > "$work/proxy/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 01;
-pid $work/proxy/nginx.pid;
-error_log $work/proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/proxy/body; proxy_temp_path $work/proxy/proxy;
-  fastcgi_temp_path $work/proxy/fcgi; uwsgi_temp_path $work/proxy/uwsgi; scgi_temp_path $work/proxy/scgi;
-  client_max_body_size 20m;
-  client_body_buffer_size 1m;
-  keepalive_requests 1000000;
+{ nginx_head "$work/proxy" 01 warn; cat <<CONF
   upstream sentry { server 127.0.0.1:18444; keepalive 64; }
   server {
     listen 127.0.0.1:13001 backlog=4096;
@@ -122,15 +114,16 @@ http {
   }
 }
 CONF
+} > "$work/proxy/nginx.conf"
 "$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy"
 
 # --- helpers -------------------------------------------------------------------------------------
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# Context switches of all the process's threads (voluntary + involuntary): thread hand-offs cost.
 # utime+stime per thread name, "name=ticks ..." (the sidecar: runtime worker vs spool writer).
 thread_ticks() { for t in /proc/"$1"/task/*; do echo "$(cat "$t/comm" 2>/dev/null) $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null)"; done |
   awk '$2 != "" {s[$1] += $2} END {for (k in s) printf "%s=%d ", k, s[k]}'; }
+# Context switches of all the process's threads (voluntary + involuntary): thread hand-offs cost.
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
