@@ -26,8 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx)
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-BIN="$root/target/release/sentry-sidecar"
+if [ -n "${SIDECAR_BIN:-}" ]; then
+  BIN="$SIDECAR_BIN"   # a prebuilt binary, e.g. for A/B runs of two builds
+else
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+  BIN="$root/target/release/sentry-sidecar"
+fi
 
 work=$(mktemp -d /tmp/sidecar-bench.XXXXXX)
 pids=()

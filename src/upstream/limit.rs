@@ -17,6 +17,8 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::coalesce::Coalesced;
+
 /// Wraps connector `C`, allowing at most `per_host` live connections to each `host:port`.
 #[derive(Clone)]
 pub struct LimitedConnector<C> {
@@ -36,9 +38,10 @@ impl<C> tower_service::Service<Uri> for LimitedConnector<C>
 where
     C: tower_service::Service<Uri> + Clone + Send + 'static,
     C::Future: Send,
+    C::Response: Connection,
     C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = LimitedConn<C::Response>;
+    type Response = LimitedConn<Coalesced<C::Response>>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -55,7 +58,7 @@ where
         Box::pin(async move {
             let permit = sem.acquire_owned().await.map_err(|e| Box::new(e) as Self::Error)?;
             let io = inner.call(dst).await.map_err(Into::into)?;
-            Ok(LimitedConn { io, _permit: permit })
+            Ok(LimitedConn { io: Coalesced::new(io), _permit: permit })
         })
     }
 }

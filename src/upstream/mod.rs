@@ -7,6 +7,7 @@
 
 mod classify;
 mod client;
+mod coalesce;
 mod compress;
 mod limit;
 pub mod rewrite;
