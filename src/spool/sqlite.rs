@@ -58,6 +58,17 @@ pub struct SqliteOptions {
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
+/// Answers for one hand-off, sent back in one piece, plus whether dispatch has new work.
+type Answers = (Vec<(Cmd, Out)>, bool);
+
+/// One tick's commands. With `relay`, the writer sends every answer back through it in one wake
+/// and the runtime thread answers the callers: one cross-thread wake-up (an `eventfd` write on
+/// a current-thread runtime) per tick instead of one per command.
+struct Handoff {
+    cmds: Vec<Cmd>,
+    relay: Option<oneshot::Sender<Answers>>,
+}
+
 enum Cmd {
     Append(Vec<Arc<Record>>, Reply<()>),
     Read { max: usize, max_bytes: usize, now: u64, reply: Reply<Vec<Queued>> },
@@ -131,12 +142,22 @@ impl SqliteSpool {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     let submit = self.submit.clone();
+                    let notify = self.notify.clone();
                     rt.spawn(async move {
                         tokio::task::yield_now().await;
-                        lock(&submit).flush();
+                        let (relay, answers) = oneshot::channel();
+                        lock(&submit).flush(Some(relay));
+                        if let Ok((answers, wake)) = answers.await {
+                            for (cmd, out) in answers {
+                                answer(cmd, out);
+                            }
+                            if wake {
+                                notify.notify_one();
+                            }
+                        }
                     });
                 }
-                Err(_) => lock(&self.submit).flush(),
+                Err(_) => lock(&self.submit).flush(None),
             }
         }
         Box::pin(async move {
@@ -152,14 +173,14 @@ impl SqliteSpool {
 struct Submit {
     queue: Vec<Cmd>,
     /// `None` once the spool is closed.
-    tx: Option<mpsc::Sender<Vec<Cmd>>>,
+    tx: Option<mpsc::Sender<Handoff>>,
 }
 
 impl Submit {
-    fn flush(&mut self) {
+    fn flush(&mut self, relay: Option<oneshot::Sender<Answers>>) {
         if let (Some(tx), false) = (&self.tx, self.queue.is_empty()) {
             // A send fails only when the writer is gone; the dropped replies then answer Closed.
-            let _ = tx.send(std::mem::take(&mut self.queue));
+            let _ = tx.send(Handoff { cmds: std::mem::take(&mut self.queue), relay });
         }
     }
 }
@@ -218,7 +239,7 @@ impl Spool for SqliteSpool {
     fn close(&self) -> BoxFuture<'_, ()> {
         {
             let mut s = lock(&self.submit);
-            s.flush();
+            s.flush(None);
             s.tx = None;
         }
         let handle = lock(&self.thread).take();
@@ -230,7 +251,7 @@ impl Spool for SqliteSpool {
     }
 }
 
-fn writer(mut db: Db, rx: mpsc::Receiver<Vec<Cmd>>, shared: Arc<Shared>, notify: Arc<Notify>) {
+fn writer(mut db: Db, rx: mpsc::Receiver<Handoff>, shared: Arc<Shared>, notify: Arc<Notify>) {
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(c) => c,
@@ -243,10 +264,15 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Vec<Cmd>>, shared: Arc<Shared>, notify:
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut group = first;
+        // Each hand-off's command count and relay, to send its answers back in one piece.
+        let mut senders = vec![(first.cmds.len(), first.relay)];
+        let mut group = first.cmds;
         while group.len() < 4096 {
             match rx.try_recv() {
-                Ok(more) => group.extend(more),
+                Ok(more) => {
+                    senders.push((more.cmds.len(), more.relay));
+                    group.extend(more.cmds);
+                }
                 Err(_) => break,
             }
         }
@@ -255,6 +281,19 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Vec<Cmd>>, shared: Arc<Shared>, notify:
         // Client reports queued for drops are new work too.
         wake |= std::mem::take(&mut db.queued_reports);
         db.publish(&shared);
+        let mut answers = std::mem::take(&mut db.answers).into_iter();
+        for (n, relay) in senders {
+            let mine: Vec<(Cmd, Out)> = answers.by_ref().take(n).collect();
+            match relay {
+                Some(relay) => {
+                    // The relay's task notifies dispatch, so one wake-up serves both.
+                    if let Err((mine, _)) = relay.send((mine, std::mem::take(&mut wake))) {
+                        mine.into_iter().for_each(|(c, o)| answer(c, o));
+                    }
+                }
+                None => mine.into_iter().for_each(|(c, o)| answer(c, o)),
+            }
+        }
         if wake {
             notify.notify_one();
         }
@@ -289,6 +328,8 @@ struct Db {
     /// Records appended and not yet leased, so that dispatch gets them without reading the body
     /// back from the database (the common case: dispatch is milliseconds behind ingest).
     cache: RecordCache,
+    /// Answers of the group being applied, in command order, sent back after it.
+    answers: Vec<(Cmd, Out)>,
 }
 
 /// A byte-bounded FIFO of recently appended records, by row id.
@@ -514,6 +555,7 @@ impl Db {
             space: (0, true),
             space_tight: true,
             cache: RecordCache::default(),
+            answers: Vec::new(),
         };
         let reserve = reserve_path(&db.opts.dir);
         if !reserve.exists() {
@@ -703,7 +745,7 @@ impl Db {
     fn finish(&mut self, group: Vec<Cmd>, outs: Vec<Out>, pending: Pending, shared: &Shared) {
         self.commit_effects(pending);
         self.clear_error_if_appended(&group, &outs, shared);
-        reply_all(group, outs);
+        self.answers.extend(group.into_iter().zip(outs));
     }
 
     fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, shared: &Shared) {
@@ -725,7 +767,7 @@ impl Db {
             _ => Out::Unit(Err(to_spool_err(clone_err(&e)))),
         });
         let outs: Vec<Out> = outs.collect();
-        reply_all(group, outs);
+        self.answers.extend(group.into_iter().zip(outs));
         if corrupt {
             self.recover_from_corruption(shared);
         }
@@ -891,21 +933,19 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
-fn reply_all(group: Vec<Cmd>, outs: Vec<Out>) {
-    for (cmd, out) in group.into_iter().zip(outs) {
-        match (cmd, out) {
-            (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Unit(res)) => {
-                let _ = r.send(res);
-            }
-            (Cmd::Read { reply, .. }, Out::Batch(res)) => {
-                let _ = reply.send(res);
-            }
-            (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Batch(_)) => {
-                let _ = r.send(Err(SpoolError::Closed));
-            }
-            (Cmd::Read { reply, .. }, Out::Unit(_)) => {
-                let _ = reply.send(Err(SpoolError::Closed));
-            }
+fn answer(cmd: Cmd, out: Out) {
+    match (cmd, out) {
+        (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Unit(res)) => {
+            let _ = r.send(res);
+        }
+        (Cmd::Read { reply, .. }, Out::Batch(res)) => {
+            let _ = reply.send(res);
+        }
+        (Cmd::Append(_, r) | Cmd::Ack(_, r) | Cmd::Reschedule(_, r), Out::Batch(_)) => {
+            let _ = r.send(Err(SpoolError::Closed));
+        }
+        (Cmd::Read { reply, .. }, Out::Unit(_)) => {
+            let _ = reply.send(Err(SpoolError::Closed));
         }
     }
 }
