@@ -158,6 +158,7 @@ field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
 results=()
 THREADS=()
+LATENCIES=()
 measure() { # name url log pid concurrency
   local name=$1 url=$2 log=$3 pid=$4 c=$5
   local before_count; before_count=$(count "$log")
@@ -198,6 +199,7 @@ measure() { # name url log pid concurrency
   fi
   local sw; sw=$(awk -v s=$((s1 - s0)) -v n="$delivered" 'BEGIN {if (n) printf "%.2f", s / n; else print "inf"}')
   results+=("$name c=$c|$rate|$(field "$r" p50_us)|$(field "$r" p99_us)|$acked|$delivered|$(field "$r" non2xx)|$peak_conns|$(avg_body "$log")|$cpu_us|$sw|$(hwm_kb "$pid")")
+  LATENCIES+=("$name c=$c: p50 $(field "$r" p50_us)  p90 $(field "$r" p90_us)  p99 $(field "$r" p99_us)  p99.9 $(field "$r" p999_us)  max $(field "$r" max_us) us")
   eval "R_${name}_${c}_rate=$rate R_${name}_${c}_p99=$(field "$r" p99_us) R_${name}_${c}_cpu=$cpu_us"
 }
 
@@ -260,6 +262,7 @@ for r in "${results[@]}"; do
 done
 echo
 for t in "${THREADS[@]}"; do echo "sidecar CPU by thread, $t"; done
+for l in "${LATENCIES[@]}"; do echo "latency, $l"; done
 echo "sidecar: idle RSS ${IDLE_RSS} KB, peak RSS ${SIDECAR_PEAK} KB, distinct upstream TLS connections over all runs: ${SIDECAR_CONNS}"
 [ "$BACKLOG_SECONDS" = 0 ] || echo "drain: backlog of ${BACKLOG} envelopes (peak RSS while filling ${BACKLOG_RSS} KB) delivered ${DRAINED} at ${DRAIN_RATE}/s unpaced (peak RSS ${DRAIN_PEAK} KB)"
 [ -n "$MILLION_LINE" ] && echo "$MILLION_LINE"
