@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -410,8 +410,9 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "could not queue client reports");
             }
         }
-        gauge!(t::SPOOL_ENVELOPES).set(self.spool.len() as f64);
-        gauge!(t::SPOOL_BYTES).set(self.spool.bytes() as f64);
+        let hot = t::hot();
+        hot.spool_envelopes.set(self.spool.len() as f64);
+        hot.spool_bytes.set(self.spool.bytes() as f64);
     }
 
     fn upstream(&self, url: &UpstreamUrl) -> Arc<UpstreamState> {
@@ -466,13 +467,14 @@ impl Dispatcher {
         let Ok(_slot) = state.slots.acquire().await else {
             return self.retry(&q, "transient", None);
         };
-        gauge!(t::IN_FLIGHT).increment(1.0);
+        let hot = t::hot();
+        hot.in_flight.increment(1.0);
         let started = std::time::Instant::now();
         let elapsed = Duration::from_millis(now_ms().saturating_sub(rec.received_ms));
         let attempt = client.send(url, rec, elapsed).await;
-        gauge!(t::IN_FLIGHT).decrement(1.0);
-        histogram!(t::UPSTREAM_LATENCY).record(started.elapsed().as_secs_f64());
-        counter!(t::UPSTREAM_BYTES).increment(attempt.sent_bytes as u64);
+        hot.in_flight.decrement(1.0);
+        hot.upstream_latency.record(started.elapsed().as_secs_f64());
+        hot.upstream_bytes.increment(attempt.sent_bytes as u64);
         if let Some(v) = attempt.version {
             state.widen(v, &self.cfg);
         }
@@ -481,8 +483,8 @@ impl Dispatcher {
         let released = state.observe(transient, now, &self.cfg);
         let settle = match attempt.outcome {
             Outcome::Delivered { limits } => {
-                counter!(t::UPSTREAM_ATTEMPTS, "result" => "2xx").increment(1);
-                counter!(t::FORWARDED, "outcome" => "delivered").increment(1);
+                hot.attempts_2xx.increment(1);
+                hot.delivered.increment(1);
                 self.limits.apply(scoping, &limits, now);
                 Settle::Ack(q.id)
             }

@@ -287,8 +287,9 @@ impl Ingest {
             record.body = Bytes::copy_from_slice(&record.body);
         }
         self.spool.append(vec![record]).await?;
-        counter!(t::ACCEPTED, "endpoint" => endpoint.name()).increment(1);
-        counter!(t::ACCEPTED_BYTES, "endpoint" => endpoint.name()).increment(bytes);
+        let hot = t::hot();
+        hot.accepted(endpoint).increment(1);
+        hot.accepted_bytes(endpoint).increment(bytes);
         Ok(response::accepted(event_id.as_deref()))
     }
 
@@ -456,8 +457,12 @@ impl Handler for Ingest {
             }
         };
         response::add_cors(&mut resp);
-        counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status()))
-            .increment(1);
+        if resp.status() == http::StatusCode::OK {
+            t::hot().answered_200(endpoint).increment(1);
+        } else {
+            counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status()))
+                .increment(1);
+        }
         resp
     }
 }

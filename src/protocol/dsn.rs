@@ -4,6 +4,7 @@
 //! The sidecar never invents or rewrites credentials: it only reads the public key to pick a route and
 //! to reject requests that carry none, then forwards the original header or query untouched.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A parsed DSN: `{scheme}://{public_key}[:{secret}]@{host}[:{port}][/{prefix}]/{project_id}`.
@@ -132,30 +133,28 @@ impl Auth {
         };
         Self::from_pairs(v.split(',').filter_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            Some((k.trim().to_owned(), v.trim().to_owned()))
+            Some((Cow::Borrowed(k.trim()), Cow::Borrowed(v.trim())))
         }))
     }
 
     /// Reads auth from a URL query string (`sentry_key=...&sentry_version=7`), if it has any.
     pub fn from_query(query: &str) -> Result<Option<Auth>, AuthError> {
-        let mut pairs = form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k.starts_with("sentry_"))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .peekable();
+        let mut pairs = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k.starts_with("sentry_")).peekable();
         if pairs.peek().is_none() {
             return Ok(None);
         }
         Self::from_pairs(pairs).map(Some)
     }
 
-    fn from_pairs(pairs: impl Iterator<Item = (String, String)>) -> Result<Auth, AuthError> {
+    /// Pairs are borrowed where they can be: only the values kept are copied.
+    fn from_pairs<'a>(pairs: impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>) -> Result<Auth, AuthError> {
         let mut auth = Auth::default();
         for (k, v) in pairs {
-            match k.as_str() {
-                "sentry_key" => auth.public_key = v,
-                "sentry_version" => auth.version = Some(v),
-                "sentry_client" => auth.client = Some(v),
-                "sentry_timestamp" => auth.timestamp = Some(v),
+            match &*k {
+                "sentry_key" => auth.public_key = v.into_owned(),
+                "sentry_version" => auth.version = Some(v.into_owned()),
+                "sentry_client" => auth.client = Some(v.into_owned()),
+                "sentry_timestamp" => auth.timestamp = Some(v.into_owned()),
                 _ => {}
             }
         }

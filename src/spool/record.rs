@@ -51,6 +51,21 @@ impl Endpoint {
         }
     }
 
+    /// Every endpoint, in declaration order (`ALL[e as usize] == e`).
+    pub const ALL: [Endpoint; 11] = [
+        Endpoint::Envelope,
+        Endpoint::Store,
+        Endpoint::Minidump,
+        Endpoint::Security,
+        Endpoint::Nel,
+        Endpoint::Attachments,
+        Endpoint::Unreal,
+        Endpoint::Cron,
+        Endpoint::Otlp,
+        Endpoint::Tunnel,
+        Endpoint::Other,
+    ];
+
     /// The inverse of [`Endpoint::name`].
     pub fn from_name(s: &str) -> Option<Endpoint> {
         const ALL: [Endpoint; 11] = [
@@ -223,4 +238,17 @@ pub struct Queued {
     pub attempts: u32,
     /// The record.
     pub record: std::sync::Arc<Record>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_all_is_indexed_by_discriminant() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i);
+            assert_eq!(Endpoint::from_name(e.name()), Some(*e));
+        }
+    }
 }
