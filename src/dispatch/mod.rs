@@ -297,7 +297,13 @@ impl Dispatcher {
             if pacer.active && self.spool.len() as usize <= self.cfg.batch_size {
                 pacer.active = false;
             }
-            let room = self.cfg.max_in_flight.saturating_sub(tasks.len()).min(self.cfg.batch_size);
+            let mut room = self.cfg.max_in_flight.saturating_sub(tasks.len()).min(self.cfg.batch_size);
+            if room < (self.cfg.max_in_flight / 4).max(1) && !tasks.is_empty() {
+                // Wait for a quarter of the slots instead of reading a few rows at a time: a read
+                // that misses the cache walks past every leased row first, so with a backlog
+                // under load tiny reads cost the writer more than the deliveries they feed.
+                room = 0;
+            }
             let blocked = blocked_until.is_some_and(|t| t > tokio::time::Instant::now());
             let allowed = if blocked { 0 } else { room.min(pacer.available()) };
             let mut wait = None;
