@@ -92,9 +92,18 @@ fn outbound(c: &mut Criterion) {
             b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Gzip, level))
         });
     }
-    g.bench_function("zstd_default", |b| {
+    g.bench_function("zstd_setting_2.7KB_goes_gzip", |b| {
         b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Zstd, 1))
     });
+    g.finish();
+    // Above ZSTD_MIN_BYTES the zstd setting compresses with zstd: both on the 53 KB envelope.
+    let f = fixtures().into_iter().find(|(n, _, _)| n == "12_node_error_gzip_large").unwrap();
+    let large = Bytes::from(decoded(&f.1, f.2.as_deref()));
+    let mut g = c.benchmark_group("outbound_compress_53KB");
+    g.throughput(Throughput::Bytes(large.len() as u64));
+    for (name, algo) in [("gzip_level_1", Compression::Gzip), ("zstd_default", Compression::Zstd)] {
+        g.bench_function(name, |b| b.iter(|| sentry_sidecar::upstream::compress(black_box(&large), algo, 1)));
+    }
     g.finish();
 }
 

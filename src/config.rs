@@ -58,7 +58,7 @@ fn invalid(key: &str, message: impl ToString) -> ConfigError {
 pub enum Compression {
     /// gzip (flate2), the default: every Sentry ingest endpoint accepts it.
     Gzip,
-    /// zstd: a little smaller than gzip level 1; Sentry's ingestion (Relay) decodes it.
+    /// zstd for bodies of 8 KiB and more (smaller than gzip there), gzip below; Relay decodes both.
     Zstd,
     /// Send bodies as they are.
     None,

@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
-use super::compress::compress;
+use super::compress::{compress, ZSTD_MIN_BYTES};
 use super::limit::LimitedConnector;
 use super::rewrite;
 use crate::config::{Compression, Config, UpstreamUrl};
@@ -199,6 +199,10 @@ fn payload(
     }
     let wanted = match compression {
         Compression::Gzip => BodyEncoding::Gzip,
+        // Small bodies go out as gzip under the zstd setting too (the gzip trailer has the size).
+        Compression::Zstd if record.encoding == BodyEncoding::Gzip && gzip_size(&record.body) < ZSTD_MIN_BYTES => {
+            BodyEncoding::Gzip
+        }
         Compression::Zstd => BodyEncoding::Zstd,
         Compression::None => BodyEncoding::Identity,
     };
@@ -209,6 +213,15 @@ fn payload(
         stored if stored == wanted => Ok((record.body.clone(), stored.name())),
         // Stored for another setting (the configuration changed across a restart).
         _ => Ok(compress(&record.decoded_body()?, compression, level)),
+    }
+}
+
+/// The uncompressed size a gzip member declares in its trailer (modulo 2^32; a body too short to
+/// have one reads as large, so it is decoded and compressed again).
+fn gzip_size(body: &[u8]) -> usize {
+    match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => usize::MAX,
     }
 }
 
@@ -255,9 +268,27 @@ mod tests {
         let (gz, _) = compress(&Bytes::from_static(json), Compression::Gzip, 1);
         let stored = Record { body: gz.clone(), ..record(b"", BodyEncoding::Gzip) };
         let (out, enc) = payload(&stored, Compression::Gzip, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz, Some("gzip")));
+        assert_eq!((out, enc), (gz.clone(), Some("gzip")));
         // Stored gzip for an upstream without compression: decoded.
         let (out, enc) = payload(&stored, Compression::None, 1, fresh).unwrap();
         assert_eq!((&out[..], enc), (&json[..], None));
+        // Under zstd a small body stays gzip (what ingest stores it as), a large one is zstd.
+        let (out, enc) = payload(&stored, Compression::Zstd, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz, Some("gzip")));
+        let large = Bytes::from(json.repeat(ZSTD_MIN_BYTES / json.len() + 1));
+        let (gz_large, enc) = compress(&large, Compression::Zstd, 1);
+        assert_eq!(enc, Some("zstd"), "ingest stores large bodies as zstd");
+        let (gz_large_stored, _) = compress(&large, Compression::Gzip, 1);
+        let stored = Record { body: gz_large_stored, ..record(b"", BodyEncoding::Gzip) };
+        let (out, enc) = payload(&stored, Compression::Zstd, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz_large, Some("zstd")), "stored gzip from a gzip setting, sent as zstd");
+    }
+
+    #[test]
+    fn gzip_size_reads_the_trailer() {
+        let body = Bytes::from(vec![b'a'; 70_000]);
+        let (gz, _) = compress(&body, Compression::Gzip, 1);
+        assert_eq!(gzip_size(&gz), 70_000);
+        assert_eq!(gzip_size(b"abc"), usize::MAX);
     }
 }
