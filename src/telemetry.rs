@@ -21,13 +21,13 @@ pub const ACCEPTED: &str = "sidecar_accepted_total";
 pub const ACCEPTED_BYTES: &str = "sidecar_accepted_bytes_total";
 /// Spooled envelopes whose delivery finished, by `outcome` (`delivered`, `rejected`, `captured`).
 pub const FORWARDED: &str = "sidecar_forwarded_total";
-/// Upstream attempts, by `result` (`2xx`, `429`, `4xx`, `5xx`, `error`).
+/// Upstream attempts, by `result` (`2xx`, `429`, `4xx`, `5xx`, `error`, `refused`).
 pub const UPSTREAM_ATTEMPTS: &str = "sidecar_upstream_attempts_total";
 /// Upstream request latency in seconds.
 pub const UPSTREAM_LATENCY: &str = "sidecar_upstream_duration_seconds";
 /// Bytes sent upstream (request bodies after compression).
 pub const UPSTREAM_BYTES: &str = "sidecar_upstream_bytes_total";
-/// Envelopes rescheduled for a later attempt, by `reason` (`transient`, `rate_limited`).
+/// Envelopes rescheduled for a later attempt, by `reason` (`transient`, `rate_limited`, `refused`).
 pub const RETRIES: &str = "sidecar_retries_total";
 /// Envelopes dropped by the sidecar, by `reason` and `category`.
 pub const DROPPED: &str = "sidecar_dropped_total";

@@ -162,3 +162,70 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     tokio::time::timeout(Duration::from_secs(5), stop).await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+/// An HTTP/2 upstream that refuses (RST_STREAM REFUSED_STREAM) the first attempt of every
+/// envelope and answers 200 to the second: refused requests were never processed, so they go
+/// again at once, not after the retry backoff (set to a minute here), and the circuit stays shut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_sent_again_at_once() {
+    let _serial = serial().await;
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<Vec<u8>>::new()));
+    let acceptor = pki.acceptor(true);
+    let (acc, seen2) = (accepted.clone(), seen.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, acc, seen) = (acceptor.clone(), acc.clone(), seen2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut conn) = h2::server::handshake(tls).await else { return };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let (acc, seen) = (acc.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut bytes = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            bytes.extend_from_slice(&chunk);
+                        }
+                        if seen.lock().unwrap().insert(bytes.clone()) {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        } else {
+                            acc.lock().unwrap().push(bytes);
+                            let _ = respond.send_response(http::Response::new(()), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for_port(dir.path(), &pki, port);
+    (cfg.retry_initial, cfg.retry_max) = (Duration::from_secs(60), Duration::from_secs(60));
+    cfg.compression = sentry_sidecar::config::Compression::None;
+    let sidecar = start(cfg).await;
+    let metrics = Metrics::new(sidecar.local_addr()).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (id, body) = error_envelope(&format!("refused-{n}"));
+        assert_eq!(post_envelope(sidecar.local_addr(), &body).await.status, 200);
+        ids.push(id);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while accepted.lock().unwrap().len() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "refused envelopes waited for the retry backoff");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = accepted.lock().unwrap().clone();
+    for id in &ids {
+        assert_eq!(got.iter().filter(|b| b.windows(id.len()).any(|w| w == id.as_bytes())).count(), 1, "{id}");
+    }
+    assert_eq!(metrics.delta(r#"sidecar_upstream_attempts_total{result="refused"}"#).await, 5.0);
+    assert_eq!(metrics.delta(r#"sidecar_retries_total{reason="refused"}"#).await, 5.0);
+    assert_eq!(metrics.gauge(r#"sidecar_upstream_circuit_open{upstream="https://127.0.0.1:PORT"}"#.replace("PORT", &port.to_string()).as_str()).await, 0.0);
+    sidecar.shutdown().await;
+    server.abort();
+}

@@ -237,6 +237,9 @@ enum Settle {
     Drop(u64, Box<Dropped>),
 }
 
+/// Failed attempts after which a refused envelope waits its backoff instead of going again at once.
+const REFUSED_AT_ONCE: u32 = 3;
+
 /// The dispatcher.
 pub struct Dispatcher {
     spool: Arc<dyn Spool>,
@@ -486,7 +489,11 @@ impl Dispatcher {
         }
         let now = now_ms();
         let transient = matches!(attempt.outcome, Outcome::Transient { .. });
-        let released = state.observe(transient, now, &self.cfg);
+        // A refusal says nothing about the upstream's health either way: the circuit stays as is.
+        let released = match attempt.outcome {
+            Outcome::Refused { .. } => None,
+            _ => state.observe(transient, now, &self.cfg),
+        };
         let settle = match attempt.outcome {
             Outcome::Delivered { limits } => {
                 hot.attempts_2xx.increment(1);
@@ -537,6 +544,17 @@ impl Dispatcher {
                         }
                         Settle::Ack(q.id)
                     }
+                }
+            }
+            Outcome::Refused { reason } => {
+                counter!(t::UPSTREAM_ATTEMPTS, "result" => "refused").increment(1);
+                tracing::debug!(reason, upstream = url.as_str(), attempts = q.attempts, "upstream did not process it");
+                if q.attempts < REFUSED_AT_ONCE {
+                    // Counted, so an upstream that refuses everything meets the normal backoff.
+                    counter!(t::RETRIES, "reason" => "refused").increment(1);
+                    Settle::Retry(q.id, now, true)
+                } else {
+                    self.retry(&q, "refused", None)
                 }
             }
             Outcome::Transient { reason } => {

@@ -68,20 +68,7 @@ impl Endpoint {
 
     /// The inverse of [`Endpoint::name`].
     pub fn from_name(s: &str) -> Option<Endpoint> {
-        const ALL: [Endpoint; 11] = [
-            Endpoint::Envelope,
-            Endpoint::Store,
-            Endpoint::Minidump,
-            Endpoint::Security,
-            Endpoint::Nel,
-            Endpoint::Attachments,
-            Endpoint::Unreal,
-            Endpoint::Cron,
-            Endpoint::Otlp,
-            Endpoint::Tunnel,
-            Endpoint::Other,
-        ];
-        ALL.into_iter().find(|e| e.name() == s)
+        Endpoint::ALL.into_iter().find(|e| e.name() == s)
     }
 }
 

@@ -36,6 +36,13 @@ pub enum Outcome {
         /// A short reason for logs and metrics.
         reason: String,
     },
+    /// The upstream did not process the request: HTTP/2 `REFUSED_STREAM`, or a `GOAWAY` whose
+    /// last stream id excludes it (RFC 9113 section 8.7: safe to send again, on a new
+    /// connection). Not an upstream failure: send again at once.
+    Refused {
+        /// A short reason for logs.
+        reason: String,
+    },
 }
 
 /// Classifies an HTTP answer.

@@ -166,6 +166,9 @@ impl UpstreamClient {
                 version: Some(parts.version),
                 sent_bytes,
             },
+            Ok(Err(e)) if unprocessed(&e) => {
+                Attempt { outcome: Outcome::Refused { reason: error_chain(&e) }, version: None, sent_bytes }
+            }
             Ok(Err(e)) => {
                 Attempt { outcome: Outcome::Transient { reason: error_chain(&e) }, version: None, sent_bytes }
             }
@@ -233,6 +236,20 @@ impl Attempt {
             sent_bytes: 0,
         }
     }
+}
+
+/// Whether the error says the upstream never processed the request: a `REFUSED_STREAM` reset,
+/// or a `GOAWAY` from the upstream that h2 applies only to streams above its last stream id.
+fn unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -63,6 +63,21 @@ impl<T: Write + Unpin> Coalesced<T> {
         Poll::Ready(Ok(()))
     }
 
+    /// Makes room for `n` more bytes: true if they go into the buffer, false if they are to be
+    /// written straight through (no deferral, or more than the limit once the buffer is out).
+    fn poll_room(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<io::Result<bool>> {
+        if !self.defer {
+            return Poll::Ready(Ok(false));
+        }
+        if self.buf.len() + n > LIMIT {
+            ready!(self.poll_drain(cx))?;
+            if n > LIMIT {
+                return Poll::Ready(Ok(false));
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
     /// Writes what is held back and flushes the inner IO.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
@@ -93,14 +108,8 @@ impl<T: Read + Write + Unpin> Read for Coalesced<T> {
 impl<T: Write + Unpin> Write for Coalesced<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.defer {
+        if !ready!(this.poll_room(cx, data.len()))? {
             return Pin::new(&mut this.io).poll_write(cx, data);
-        }
-        if this.buf.len() + data.len() > LIMIT {
-            ready!(this.poll_drain(cx))?;
-            if data.len() > LIMIT {
-                return Pin::new(&mut this.io).poll_write(cx, data);
-            }
         }
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -112,15 +121,9 @@ impl<T: Write + Unpin> Write for Coalesced<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.defer {
-            return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.buf.len() + total > LIMIT {
-            ready!(this.poll_drain(cx))?;
-            if total > LIMIT {
-                return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-            }
+        if !ready!(this.poll_room(cx, total))? {
+            return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
             this.buf.extend_from_slice(b);

@@ -47,6 +47,19 @@ impl Pki {
         std::fs::write(&ca_file, ca.pem()).unwrap();
         Pki { ca_file, chain: vec![leaf.der().clone()], key_der: leaf_key.serialize_der(), dir }
     }
+
+    /// A TLS acceptor with the leaf certificate, offering h2 (and http/1.1) or http/1.1 only.
+    pub fn acceptor(&self, h2: bool) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())))
+            .unwrap();
+        tls.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+    }
 }
 
 /// One request the upstream received.
@@ -99,15 +112,7 @@ impl Upstream {
 
     pub fn serve_on(listener: TcpListener, pki: &Pki, h2: bool, responder: Arc<Responder>) -> Upstream {
         let addr = listener.local_addr().unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(pki.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())))
-            .unwrap();
-        tls.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = pki.acceptor(h2);
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
         let attempts = Arc::new(AtomicU64::new(0));
