@@ -16,10 +16,7 @@
 //!
 //! With `durability = process` a small thread writes the WAL's dirty pages back every 20 ms, so
 //! the fsync that every checkpoint starts with finds little to do and stalls the writer (and
-//! every request waiting on it) for a fraction of a millisecond instead of several. A checkpoint
-//! then costs about the same whatever the WAL's length (the table itself stays small: rows live
-//! for milliseconds), so it runs every 4,000 WAL pages instead of SQLite's 1,000: a quarter of
-//! the stalls, for a WAL file of up to 16 MB.
+//! every request waiting on it) for a fraction of a millisecond instead of several.
 //!
 //! Leases live in the writer's memory, not in the rows: reading needs no write, and a record
 //! being sent when the process died is simply sent again after the restart; Sentry deduplicates
@@ -564,7 +561,6 @@ impl Db {
         conn.execute_batch(&format!(
             "PRAGMA synchronous={sync};
              PRAGMA temp_store=MEMORY;
-             PRAGMA wal_autocheckpoint=4000;
              CREATE TABLE IF NOT EXISTS envelopes (
                  id INTEGER PRIMARY KEY,
                  received_ms INTEGER NOT NULL,
