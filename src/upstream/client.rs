@@ -301,6 +301,54 @@ mod tests {
         assert_eq!((out, enc), (gz_large, Some("zstd")), "stored gzip from a gzip setting, sent as zstd");
     }
 
+    /// What an h2 client stream ends with when the server does `act` to it (over an in-memory
+    /// pipe): the error a real upstream connection would hand back through hyper.
+    async fn client_stream_error(act: fn(&mut h2::server::Connection<tokio::io::DuplexStream, Bytes>)) -> h2::Error {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            act(&mut conn);
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+        });
+        let (mut client, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post("https://upstream/api/1/envelope/").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let err = resp.await.unwrap_err();
+        server.abort();
+        err
+    }
+
+    #[tokio::test]
+    async fn refused_and_go_away_streams_count_as_unprocessed() {
+        // The server refuses the stream it accepted.
+        let refused = client_stream_error(|_| {}).await;
+        assert!(unprocessed(&refused), "{refused}");
+        // The server goes away before taking any stream: ours is above its last stream id.
+        let gone = client_stream_error(|c| c.abrupt_shutdown(h2::Reason::NO_ERROR)).await;
+        assert!(gone.is_go_away(), "{gone}");
+        assert!(unprocessed(&gone), "{gone}");
+        // Found as the source of a wrapping error too (hyper-util wraps hyper wraps h2).
+        #[derive(Debug)]
+        struct Wrap(h2::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(unprocessed(&Wrap(gone)));
+        // Anything else, including a reset for another reason, is a plain transient failure.
+        assert!(!unprocessed(&h2::Error::from(h2::Reason::REFUSED_STREAM)), "not from the remote");
+        assert!(!unprocessed(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+    }
+
     #[test]
     fn gzip_size_reads_the_trailer() {
         let body = Bytes::from(vec![b'a'; 70_000]);
