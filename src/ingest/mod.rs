@@ -4,7 +4,8 @@
 //! A request goes: route (path and method) -> auth (header, query, envelope `dsn`) -> body (wire
 //! limit, content decoding with a decoded limit) -> endpoint rules (envelope grammar, store body
 //! sniffing) -> target (per-project/per-key route, default upstream, or capture) -> compression for
-//! the upstream (once, here) -> spool append -> `200 {"id": ...}`. Any refusal is a short JSON error with the right status, counted by reason.
+//! the upstream (once, here) -> spool append -> `200 {"id": ...}`. Any refusal is a short JSON
+//! error with the right status, counted by reason.
 
 pub mod body;
 pub mod response;
@@ -270,7 +271,7 @@ impl Ingest {
             let (algo, level, raw) = (self.cfg.compression, self.cfg.gzip_level, record.body.clone());
             // Large bodies (attachments, minidumps) are compressed off the runtime thread, which
             // serves every other connection meanwhile.
-            let (body, enc) = if raw.len() > OFFLOAD_BYTES {
+            let (body, enc) = if raw.len() > crate::upstream::OFFLOAD_BYTES {
                 tokio::task::spawn_blocking(move || crate::upstream::compress(&raw, algo, level))
                     .await
                     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -426,9 +427,6 @@ fn owned_header((k, v): (&HeaderName, &HeaderValue)) -> (HeaderName, HeaderValue
     copy.set_sensitive(v.is_sensitive());
     (k.clone(), copy)
 }
-
-/// Bodies above this are compressed on the blocking pool rather than the runtime thread.
-const OFFLOAD_BYTES: usize = 64 * 1024;
 
 /// Bodies up to this size that are stored as they came are copied out of the read buffer for
 /// the same reason (larger ones are collected into their own buffer by `body::read` anyway).

@@ -183,6 +183,16 @@ impl Record {
         }
     }
 
+    /// The size of the body as the SDK sent it (after content decoding), where it is known
+    /// without decoding: stored as it came, or gzip (the trailer says); `None` for zstd.
+    pub fn decoded_len(&self) -> Option<usize> {
+        match self.encoding {
+            BodyEncoding::Identity | BodyEncoding::Incompressible => Some(self.body.len()),
+            BodyEncoding::Gzip => gzip_isize(&self.body),
+            BodyEncoding::Zstd => None,
+        }
+    }
+
     /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
     /// compressed.
     pub fn decoded_body(&self) -> std::io::Result<Bytes> {
@@ -207,13 +217,20 @@ thread_local! {
 /// the caller then uses ingest's streaming decoder. Not for bodies from the network, which may
 /// hold several members.
 fn gunzip_whole(gz: &[u8]) -> Option<Bytes> {
-    let isize = u32::from_le_bytes(gz.get(gz.len().checked_sub(4)?..)?.try_into().ok()?) as usize;
+    let isize = gzip_isize(gz)?;
     if isize > MAX_DECODED {
         return None;
     }
     let mut out = vec![0u8; isize];
     let n = INFLATE.with(|d| d.borrow_mut().gzip_decompress(gz, &mut out)).ok()?;
     (n == isize).then(|| Bytes::from(out))
+}
+
+/// The size a gzip member declares in its trailer (its last four bytes, modulo 2^32); `None`
+/// for a body too short to have one.
+fn gzip_isize(gz: &[u8]) -> Option<usize> {
+    let at = gz.len().checked_sub(4)?;
+    Some(u32::from_le_bytes(gz[at..].try_into().ok()?) as usize)
 }
 
 /// A leased record, as handed to dispatch.
@@ -230,6 +247,18 @@ pub struct Queued {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_len_reads_the_gzip_trailer() {
+        let body = Bytes::from(vec![b'a'; 70_000]);
+        let (gz, enc) = crate::upstream::compress(&body, crate::config::Compression::Gzip, 1);
+        assert_eq!(enc, Some("gzip"));
+        let stored = Record { body: gz, encoding: BodyEncoding::Gzip, ..Record::for_test(b"", 0) };
+        assert_eq!(stored.decoded_len(), Some(70_000));
+        let short = Record { body: Bytes::from_static(b"abc"), ..stored };
+        assert_eq!(short.decoded_len(), None);
+        assert_eq!(Record::for_test(b"{}", 0).decoded_len(), Some(2));
+    }
 
     #[test]
     fn endpoint_all_is_indexed_by_discriminant() {

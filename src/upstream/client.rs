@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
-use super::compress::{compress, ZSTD_MIN_BYTES};
+use super::compress::{algorithm_for, compress, OFFLOAD_BYTES};
 use super::limit::LimitedConnector;
 use super::rewrite;
 use crate::config::{Compression, Config, UpstreamUrl};
@@ -181,9 +181,6 @@ impl UpstreamClient {
     }
 }
 
-/// Bodies above this are prepared on the blocking pool rather than the runtime thread.
-const OFFLOAD_BYTES: usize = 64 * 1024;
-
 /// The body to send and its `Content-Encoding`. A body stored compressed the way this upstream
 /// wants goes out as stored; one whose `sent_at` must be shifted (it waited a second or more) is
 /// decoded, rewritten and compressed again.
@@ -200,12 +197,10 @@ fn payload(
             return Ok(compress(&shifted, compression, level));
         }
     }
-    let wanted = match compression {
+    // The rule ingest compressed by, applied to the size the stored body had (unknown for zstd,
+    // which ingest only uses for large bodies).
+    let wanted = match algorithm_for(compression, record.decoded_len().unwrap_or(usize::MAX)) {
         Compression::Gzip => BodyEncoding::Gzip,
-        // Small bodies go out as gzip under the zstd setting too (the gzip trailer has the size).
-        Compression::Zstd if record.encoding == BodyEncoding::Gzip && gzip_size(&record.body) < ZSTD_MIN_BYTES => {
-            BodyEncoding::Gzip
-        }
         Compression::Zstd => BodyEncoding::Zstd,
         Compression::None => BodyEncoding::Identity,
     };
@@ -216,15 +211,6 @@ fn payload(
         stored if stored == wanted => Ok((record.body.clone(), stored.name())),
         // Stored for another setting (the configuration changed across a restart).
         _ => Ok(compress(&record.decoded_body()?, compression, level)),
-    }
-}
-
-/// The uncompressed size a gzip member declares in its trailer (modulo 2^32; a body too short to
-/// have one reads as large, so it is decoded and compressed again).
-fn gzip_size(body: &[u8]) -> usize {
-    match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
-        _ => usize::MAX,
     }
 }
 
@@ -266,6 +252,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::compress::ZSTD_MIN_BYTES;
 
     fn record(body: &'static [u8], encoding: BodyEncoding) -> Record {
         Record { encoding, ..Record::for_test(body, 0) }
@@ -347,13 +334,5 @@ mod tests {
         // Anything else, including a reset for another reason, is a plain transient failure.
         assert!(!unprocessed(&h2::Error::from(h2::Reason::REFUSED_STREAM)), "not from the remote");
         assert!(!unprocessed(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
-    }
-
-    #[test]
-    fn gzip_size_reads_the_trailer() {
-        let body = Bytes::from(vec![b'a'; 70_000]);
-        let (gz, _) = compress(&body, Compression::Gzip, 1);
-        assert_eq!(gzip_size(&gz), 70_000);
-        assert_eq!(gzip_size(b"abc"), usize::MAX);
     }
 }

@@ -32,12 +32,23 @@ thread_local! {
 /// With `--compression zstd`, bodies smaller than this (before compression) are sent as gzip.
 pub const ZSTD_MIN_BYTES: usize = 8 * 1024;
 
+/// Bodies above this are compressed (at ingest) and prepared for sending (at dispatch) on the
+/// blocking pool, so the runtime thread keeps serving every other connection meanwhile.
+pub const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// The algorithm a body of `raw_len` bytes gets under the `algo` setting.
+pub fn algorithm_for(algo: Compression, raw_len: usize) -> Compression {
+    match algo {
+        Compression::Zstd if raw_len < ZSTD_MIN_BYTES => Compression::Gzip,
+        other => other,
+    }
+}
+
 /// Compresses `body`; returns the bytes to send and the `Content-Encoding` to declare, if any.
 pub fn compress(body: &Bytes, algo: Compression, level: u32) -> (Bytes, Option<&'static str>) {
-    let out = match algo {
+    let out = match algorithm_for(algo, body.len()) {
         Compression::None => None,
         Compression::Gzip => gzip(body, level).map(|b| (b, "gzip")),
-        Compression::Zstd if body.len() < ZSTD_MIN_BYTES => gzip(body, level).map(|b| (b, "gzip")),
         Compression::Zstd => zstd(body, zstd_level(level)).map(|b| (b, "zstd")),
     };
     match out {

@@ -14,4 +14,4 @@ pub mod rewrite;
 
 pub use classify::{classify, Outcome};
 pub use client::{UpstreamClient, UpstreamError};
-pub use compress::compress;
+pub use compress::{algorithm_for, compress, OFFLOAD_BYTES};
