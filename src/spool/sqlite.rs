@@ -14,7 +14,10 @@
 //! that task in one piece and it answers the callers on the runtime thread (one cross-thread
 //! wake-up per tick, not one per command).
 //!
-//! With `durability = process` a small thread writes the WAL's dirty pages back every 20 ms, so
+//! Checkpoints (copying the WAL back into the database, every 1,000 WAL pages) are run by the
+//! writer after it has sent a group's answers, not by SQLite inside the commit that crossed the
+//! threshold: that commit's requests would all wait for the copy and its fsyncs. With
+//! `durability = process` a small thread also writes the WAL's dirty pages back every 20 ms, so
 //! the fsync that every checkpoint starts with finds little to do and stalls the writer (and
 //! every request waiting on it) for a fraction of a millisecond instead of several.
 //!
@@ -185,6 +188,9 @@ impl SqliteSpool {
     }
 }
 
+/// WAL size (pages) at which the writer checkpoints: SQLite's own auto-checkpoint default.
+const CHECKPOINT_PAGES: i32 = 1000;
+
 /// How often the WAL's dirty pages are written back ahead of a checkpoint.
 const WAL_FLUSH_EVERY: Duration = Duration::from_millis(20);
 
@@ -341,6 +347,7 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Handoff>, shared: Arc<Shared>, notify: 
         if wake {
             notify.notify_one();
         }
+        db.checkpoint_if_due();
     }
     // Checkpoint so the WAL does not have to be replayed at the next start.
     let _ = db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -349,6 +356,8 @@ fn writer(mut db: Db, rx: mpsc::Receiver<Handoff>, shared: Arc<Shared>, notify: 
 /// The writer thread's state.
 struct Db {
     conn: Connection,
+    /// Pages in the WAL after the last commit (set by the WAL hook).
+    wal_pages: Arc<std::sync::atomic::AtomicI32>,
     opts: SqliteOptions,
     len: u64,
     bytes: u64,
@@ -547,7 +556,7 @@ impl Db {
     }
 
     fn open(opts: SqliteOptions) -> Result<Db, rusqlite::Error> {
-        let conn = Connection::open(Db::db_path(&opts.dir))?;
+        let mut conn = Connection::open(Db::db_path(&opts.dir))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         // One process owns the spool: exclusive locking keeps the WAL index in memory (no -shm
         // file, no file locks per transaction) and makes a second sidecar on the same directory
@@ -575,6 +584,14 @@ impl Db {
              );
              CREATE INDEX IF NOT EXISTS envelopes_due ON envelopes(due_ms, id);"
         ))?;
+        // Checkpoints run after a group's answers are out (see `writer`), not inside the commit
+        // that crosses the threshold: the hook replaces SQLite's auto-checkpoint and only counts.
+        let wal_pages = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let counter = wal_pages.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: std::os::raw::c_int| {
+            counter.store(pages, Ordering::Relaxed);
+            Ok(())
+        }))?;
         if let Some(pages) = opts.max_page_count {
             conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))?;
         }
@@ -584,6 +601,7 @@ impl Db {
             })?;
         let mut db = Db {
             conn,
+            wal_pages,
             opts,
             len: len as u64,
             bytes: bytes as u64,
@@ -620,6 +638,18 @@ impl Db {
             tracing::info!(envelopes = len, bytes, "spool opened with a backlog; delivering it");
         }
         Ok(db)
+    }
+
+    /// Copies the WAL back into the database once it holds [`CHECKPOINT_PAGES`]. Called after a
+    /// group's answers are sent, so the requests of the commit that crossed the threshold do not
+    /// wait for it.
+    fn checkpoint_if_due(&mut self) {
+        if self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES {
+            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+            }
+            self.wal_pages.store(0, Ordering::Relaxed);
+        }
     }
 
     fn publish(&self, shared: &Shared) {
@@ -1509,6 +1539,24 @@ mod tests {
         appended.unwrap();
         assert_eq!(bodies(&read.unwrap()), [b"a".as_ref()]);
         assert!(s.read_batch(10, usize::MAX, now_ms() + 1).await.unwrap().is_empty());
+        s.close().await;
+    }
+
+    /// SQLite's auto-checkpoint is replaced by a hook that only counts WAL pages; the writer
+    /// checkpoints after answering, so the WAL stays near the threshold however much is written.
+    #[tokio::test]
+    async fn the_writer_checkpoints_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), DeliveryOrder::OldestFirst);
+        let body = Bytes::from(vec![b'x'; 4000]);
+        // 4,000 records of 4 KB: about 4 times the checkpoint threshold in WAL pages.
+        for _ in 0..100 {
+            let recs = (0..40).map(|_| Record { body: body.clone(), ..rec(b"") }).collect();
+            s.append(recs).await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("spool.db-wal")).unwrap().len();
+        let threshold = CHECKPOINT_PAGES as u64 * 4096;
+        assert!(wal < 2 * threshold, "WAL of {wal} bytes: not checkpointed");
         s.close().await;
     }
 
