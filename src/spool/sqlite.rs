@@ -210,7 +210,7 @@ const WAL_FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Writes the WAL's dirty pages back on a thread of its own, until `stop` is dropped.
 ///
-/// With `synchronous=NORMAL` commits do not sync, but every checkpoint (about every 1,000 WAL
+/// With `synchronous=NORMAL` commits do not sync, but every checkpoint (at 1,000-4,000 WAL
 /// pages) first fsyncs the WAL on the writer thread, and under load that fsync found ~4 MB
 /// dirty and took 2.5-3.5 ms, several times a second: every request of those moments waited for
 /// it (a large part of the p99). Syncing the same file from here every 20 ms leaves the
