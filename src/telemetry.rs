@@ -41,6 +41,8 @@ pub const CIRCUIT_OPEN: &str = "sidecar_upstream_circuit_open";
 pub const RATE_LIMITED: &str = "sidecar_rate_limited_total";
 /// Upstream requests in flight.
 pub const IN_FLIGHT: &str = "sidecar_upstream_in_flight";
+/// Open upstream connections (the pool's, TLS or plain), by `upstream` (`host:port`).
+pub const UPSTREAM_CONNECTIONS: &str = "sidecar_upstream_connections";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -58,6 +58,8 @@ async fn every_fixture_arrives_byte_for_byte_over_one_tls_connection() {
     }
     assert_eq!(distinct_conns(&got), 1, "all requests multiplexed over one TLS connection");
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let open = format!("sidecar_upstream_connections{{upstream=\"127.0.0.1:{}\"}}", up.addr.port());
+    assert_eq!(metric_value(&metrics_text(addr).await, &open), 1.0, "the open connection is counted");
     sidecar.shutdown().await;
 }
 
@@ -118,6 +120,9 @@ async fn http1_upstream_keeps_connections_bounded() {
     assert!(got.iter().all(|r| r.version == http::Version::HTTP_11));
     let conns = up.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(conns <= 2, "HTTP/1.1 upstream used {conns} connections, limit is 2");
+    let open = format!("sidecar_upstream_connections{{upstream=\"127.0.0.1:{}\"}}", up.addr.port());
+    let open = metric_value(&metrics_text(addr).await, &open);
+    assert!((1.0..=2.0).contains(&open), "{open} open connections counted, the pool keeps 1-2");
     sidecar.shutdown().await;
 }
 

@@ -4,6 +4,8 @@
 //! still on its way back to the pool opens a new one. Holding a semaphore permit inside every
 //! connection makes "at most N TLS connections per upstream" hold at every instant, whatever the
 //! timing; a connect that has to wait simply loses the race to the idle connection coming back.
+//! The same wrapper counts the open connections per host (`sidecar_upstream_connections`), so an
+//! operator sees the pool's size without sampling sockets.
 
 use std::future::Future;
 use std::io;
@@ -51,14 +53,16 @@ where
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let key = format!("{}:{}", dst.host().unwrap_or_default(), dst.port_u16().unwrap_or(0));
-        let sem = self.hosts.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone();
+        let sem = self.hosts.entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone();
         // Service contract: the clone that was polled ready is the one we call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let permit = sem.acquire_owned().await.map_err(|e| Box::new(e) as Self::Error)?;
             let io = inner.call(dst).await.map_err(Into::into)?;
-            Ok(LimitedConn { io: Coalesced::new(io), _permit: permit })
+            let open = metrics::gauge!(crate::telemetry::UPSTREAM_CONNECTIONS, "upstream" => key);
+            open.increment(1.0);
+            Ok(LimitedConn { io: Coalesced::new(io), _permit: permit, open })
         })
     }
 }
@@ -67,6 +71,14 @@ where
 pub struct LimitedConn<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
+    /// This host's `sidecar_upstream_connections` gauge, counted down when the connection goes.
+    open: metrics::Gauge,
+}
+
+impl<T> Drop for LimitedConn<T> {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 impl<T: Connection> Connection for LimitedConn<T> {
@@ -104,5 +116,57 @@ impl<T: Write + Unpin> Write for LimitedConn<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    /// A connection that only says what it negotiated.
+    struct Dummy;
+
+    impl Connection for Dummy {
+        fn connected(&self) -> Connected {
+            Connected::new()
+        }
+    }
+
+    #[derive(Clone)]
+    struct Dial;
+
+    impl Service<Uri> for Dial {
+        type Response = Dummy;
+        type Error = io::Error;
+        type Future = std::future::Ready<io::Result<Dummy>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            std::future::ready(Ok(Dummy))
+        }
+    }
+
+    /// `sidecar_upstream_connections` counts a host's connections while they live.
+    #[tokio::test]
+    async fn open_connections_are_counted_until_dropped() {
+        let metrics = crate::telemetry::metrics_handle();
+        let open = || {
+            let text = metrics.render();
+            let series = r#"sidecar_upstream_connections{upstream="gauge-test.invalid:7"}"#;
+            text.lines().find_map(|l| l.strip_prefix(series)).map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        };
+        let mut connector = LimitedConnector::new(Dial, 4);
+        let uri: Uri = "https://gauge-test.invalid:7/".parse().unwrap();
+        let a = connector.call(uri.clone()).await.unwrap();
+        let b = connector.call(uri).await.unwrap();
+        assert_eq!(open(), 2.0);
+        drop(a);
+        assert_eq!(open(), 1.0);
+        drop(b);
+        assert_eq!(open(), 0.0);
     }
 }
