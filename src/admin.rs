@@ -46,6 +46,10 @@ impl Admin {
             "/healthz" => response::json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
             "/readyz" => self.readiness(),
             "/metrics" => {
+                // Read when scraped: a few `stat` calls, not worth a thread of their own.
+                if let Some(b) = self.spool.disk_bytes() {
+                    metrics::gauge!(crate::telemetry::SPOOL_DISK_BYTES).set(b as f64);
+                }
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut()
                     .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -35,6 +35,8 @@ pub const DROPPED: &str = "sidecar_dropped_total";
 pub const SPOOL_ENVELOPES: &str = "sidecar_spool_envelopes";
 /// Bytes waiting in the spool, as stored (bodies compressed for the upstream).
 pub const SPOOL_BYTES: &str = "sidecar_spool_bytes";
+/// Bytes the spool's files take on disk (database, WAL, body files), read at each scrape.
+pub const SPOOL_DISK_BYTES: &str = "sidecar_spool_disk_bytes";
 /// 1 while an upstream's circuit is open (sending stopped, probing), by `upstream`.
 pub const CIRCUIT_OPEN: &str = "sidecar_upstream_circuit_open";
 /// Envelopes held back because their categories are rate limited, by `category`.

@@ -135,6 +135,7 @@ async fn health_readiness_and_separate_admin_listener() {
     let m = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").await.body).unwrap();
     assert!(m.contains(r#"sidecar_accepted_total{endpoint="envelope"}"#), "{m}");
     assert!(m.contains(r#"sidecar_requests_total{endpoint="envelope",status="200"}"#), "{m}");
+    assert!(metric_value(&m, "sidecar_spool_disk_bytes ") > 0.0, "the spool's files are measured: {m}");
     sidecar.shutdown().await;
 }
 

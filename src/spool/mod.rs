@@ -83,6 +83,11 @@ pub trait Spool: Send + Sync + 'static {
     /// Whether appends can succeed right now (for /readyz).
     fn writable(&self) -> Result<(), String>;
 
+    /// Bytes the spool's files take on disk now, if it has any.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Flushes and closes: leased records become waiting again for the next start.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

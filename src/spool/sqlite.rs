@@ -103,6 +103,8 @@ pub struct SqliteSpool {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropped to stop the WAL flusher thread (`durability = process` only).
     flusher: Mutex<Option<mpsc::Sender<()>>>,
+    /// The spool's directory, for `disk_bytes`.
+    dir: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +141,7 @@ impl SqliteSpool {
         } else {
             None
         };
+        let dir = opts.dir.clone();
         let db = Db::open_or_quarantine(opts)?;
         let shared = Arc::new(Shared::default());
         db.publish(&shared);
@@ -146,7 +149,7 @@ impl SqliteSpool {
         let (s2, n2) = (shared.clone(), notify.clone());
         let thread = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer(db, rx, s2, n2))?;
         let submit = Arc::new(Mutex::new(Submit { queue: Vec::new(), tx: Some(tx) }));
-        Ok(SqliteSpool { submit, shared, notify, thread: Mutex::new(Some(thread)), flusher: Mutex::new(flusher) })
+        Ok(SqliteSpool { submit, shared, notify, thread: Mutex::new(Some(thread)), flusher: Mutex::new(flusher), dir })
     }
 
     fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> BoxFuture<'_, Result<T, SpoolError>> {
@@ -297,6 +300,16 @@ impl Spool for SqliteSpool {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        // The database, its WAL and the bodies kept as files; a stat per file, on a scrape.
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let db = Db::db_path(&self.dir);
+        let bodies = std::fs::read_dir(self.dir.join("bodies"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.metadata().map_or(0, |m| m.len())).sum::<u64>())
+            .unwrap_or(0);
+        Some(size(&db) + size(&db.with_extension("db-wal")) + bodies)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -1582,6 +1595,24 @@ mod tests {
         let wal = || std::fs::metadata(dir.path().join("spool.db-wal")).unwrap().len();
         let most = (CHECKPOINT_MAX_PAGES as u64 + 100) * (4096 + 24);
         assert!(wal() < most, "WAL of {} bytes: not checkpointed", wal());
+        s.close().await;
+    }
+
+    /// `disk_bytes` is what the spool's files take: the database, its WAL and the body files.
+    #[tokio::test]
+    async fn disk_bytes_counts_the_database_the_wal_and_body_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), DeliveryOrder::OldestFirst);
+        let big = Bytes::from(vec![b'x'; 2 << 20]);
+        s.append(vec![rec(b"small"), Record { body: big, ..rec(b"") }]).await.unwrap();
+        let files: u64 = ["spool.db", "spool.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+            .sum();
+        let bodies: u64 =
+            std::fs::read_dir(dir.path().join("bodies")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert!(bodies >= 2 << 20, "the large body is a file of its own");
+        assert_eq!(s.disk_bytes(), Some(files + bodies));
         s.close().await;
     }
 

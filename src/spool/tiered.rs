@@ -112,6 +112,10 @@ impl Spool for TieredSpool {
         self.disk.writable()
     }
 
+    fn disk_bytes(&self) -> Option<u64> {
+        self.disk.disk_bytes()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let left = self.mem.take_all();
