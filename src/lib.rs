@@ -24,13 +24,13 @@
 //! - [`upstream`]: the pooled rustls client (which sends a stored body as it is, unless its
 //!   `sent_at` must be shifted; an HTTP/2 connection's frames of one scheduler pass go out in one
 //!   TLS write), the codecs and [`upstream::classify`].
+//! - [`capture`]: the sink used when no upstream is configured.
+//! - [`admin`]: health, readiness and Prometheus metrics. [`telemetry`] names every metric.
+//! - [`config`]: flags, environment and TOML, validated into [`config::Config`].
 //!
 //! Threads: the async runtime (one thread by default: ingest, dispatch, upstream), the spool's
 //! writer (every SQLite statement) and, with `durability = process`, its WAL flusher; plus two
 //! small housekeeping threads (metrics upkeep, and `malloc_trim` in `main`).
-//! - [`capture`]: the sink used when no upstream is configured.
-//! - [`admin`]: health, readiness and Prometheus metrics. [`telemetry`] names every metric.
-//! - [`config`]: flags, environment and TOML, validated into [`config::Config`].
 //!
 //! [`Sidecar::start`] wires them together; `main`, the tests and the benches all use it.
 

@@ -89,14 +89,10 @@ async fn rejected_for_good_is_dropped_and_counted() {
 async fn connection_refused_is_retried_with_backoff_not_a_tight_loop() {
     let _serial = serial().await;
     let pki = Pki::new();
-    // Reserve a port, then close it: nothing listens there until we start the upstream on it.
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    // Nothing listens on the port until we start the upstream on it.
+    let port = dead_port().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(dir.path());
-    cfg.upstream = Some(sentry_sidecar::config::UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap());
-    cfg.ca_file = Some(pki.ca_file.clone());
+    let mut cfg = config_for_port(dir.path(), &pki, port);
     cfg.retry_initial = Duration::from_millis(100);
     cfg.retry_max = Duration::from_millis(400);
     let sidecar = start(cfg).await;

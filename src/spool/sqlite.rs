@@ -135,7 +135,7 @@ impl SqliteSpool {
         std::fs::create_dir_all(opts.dir.join("bodies"))?;
         let flusher = if opts.durability == Durability::Process {
             let (stop, stopped) = mpsc::channel();
-            let wal = Db::db_path(&opts.dir).with_extension("db-wal");
+            let wal = Db::wal_path(&opts.dir);
             std::thread::Builder::new().name("spool-flush".into()).spawn(move || flush_wal(&wal, &stopped))?;
             Some(stop)
         } else {
@@ -305,11 +305,10 @@ impl Spool for SqliteSpool {
     fn disk_bytes(&self) -> Option<u64> {
         // The database, its WAL and the bodies kept as files; a stat per file, on a scrape.
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let db = Db::db_path(&self.dir);
         let bodies = std::fs::read_dir(self.dir.join("bodies"))
             .map(|d| d.filter_map(Result::ok).map(|e| e.metadata().map_or(0, |m| m.len())).sum::<u64>())
             .unwrap_or(0);
-        Some(size(&db) + size(&db.with_extension("db-wal")) + bodies)
+        Some(size(&Db::db_path(&self.dir)) + size(&Db::wal_path(&self.dir)) + bodies)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -557,6 +556,11 @@ fn to_spool_err(e: rusqlite::Error) -> SpoolError {
 impl Db {
     fn db_path(dir: &Path) -> PathBuf {
         dir.join("spool.db")
+    }
+
+    /// The database's write-ahead log, beside it.
+    fn wal_path(dir: &Path) -> PathBuf {
+        dir.join("spool.db-wal")
     }
 
     fn open_or_quarantine(opts: SqliteOptions) -> Result<Db, SpoolError> {
