@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! Micro-benchmarks of the hot path: envelope parse (every captured fixture), inbound decode (br,
 //! gzip), outbound gzip, the rate-limit gate, and the SQLite spool's append and read+ack in
 //! batches. Run: `cargo bench --bench hot_path`.
@@ -10,11 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sentry_sidecar::config::{Compression, DeliveryOrder, Durability, FullPolicy, UpstreamUrl};
-use sentry_sidecar::dispatch::{RateLimits, Scoping};
+use sentry_sidecar::codec::Encoding;
+use sentry_sidecar::config::{DeliveryOrder, Durability, FullPolicy};
+use sentry_sidecar::limits::{RateLimits, Scoping};
 use sentry_sidecar::protocol::rate_limits::parse_rate_limits;
-use sentry_sidecar::protocol::{Categories, DataCategory, Envelope};
-use sentry_sidecar::spool::{BodyEncoding, Endpoint, Record, Spool, SqliteOptions, SqliteSpool, Target};
+use sentry_sidecar::protocol::{Categories, DataCategory, Endpoint, Envelope};
+use sentry_sidecar::routing::{Target, UpstreamUrl};
+use sentry_sidecar::spool::{Record, Spool, SqliteOptions, SqliteSpool};
 
 fn fixtures() -> Vec<(String, Vec<u8>, Option<String>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -72,7 +75,7 @@ fn decode(c: &mut Criterion) {
         let body = Bytes::from(body);
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("{enc}/{name}"), |b| {
-            b.iter(|| sentry_sidecar::ingest::body::decode_blocking(&enc, black_box(body.clone()), 1 << 26).unwrap())
+            b.iter(|| sentry_sidecar::codec::decode(&enc, black_box(body.clone()), 1 << 26).unwrap())
         });
     }
     g.finish();
@@ -89,11 +92,11 @@ fn outbound(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(env.len() as u64));
     for level in [1, 3, 6] {
         g.bench_function(format!("gzip_level_{level}"), |b| {
-            b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Gzip, level))
+            b.iter(|| sentry_sidecar::codec::compress(black_box(&env), Encoding::Gzip, level))
         });
     }
     g.bench_function("zstd_setting_2.7KB_goes_gzip", |b| {
-        b.iter(|| sentry_sidecar::upstream::compress(black_box(&env), Compression::Zstd, 1))
+        b.iter(|| sentry_sidecar::codec::compress(black_box(&env), Encoding::Zstd, 1))
     });
     g.finish();
     // Above ZSTD_MIN_BYTES the zstd setting compresses with zstd: both on the 53 KB envelope.
@@ -101,8 +104,8 @@ fn outbound(c: &mut Criterion) {
     let large = Bytes::from(decoded(&f.1, f.2.as_deref()));
     let mut g = c.benchmark_group("outbound_compress_53KB");
     g.throughput(Throughput::Bytes(large.len() as u64));
-    for (name, algo) in [("gzip_level_1", Compression::Gzip), ("zstd_default", Compression::Zstd)] {
-        g.bench_function(name, |b| b.iter(|| sentry_sidecar::upstream::compress(black_box(&large), algo, 1)));
+    for (name, algo) in [("gzip_level_1", Encoding::Gzip), ("zstd_default", Encoding::Zstd)] {
+        g.bench_function(name, |b| b.iter(|| sentry_sidecar::codec::compress(black_box(&large), algo, 1)));
     }
     g.finish();
 }
@@ -128,7 +131,7 @@ fn gate(c: &mut Criterion) {
 
 /// A record as ingest stores it: the body already gzip'd for the upstream.
 fn record(body: &Bytes) -> Record {
-    let (body, _) = sentry_sidecar::upstream::compress(body, sentry_sidecar::config::Compression::Gzip, 1);
+    let (body, _) = sentry_sidecar::codec::compress(body, sentry_sidecar::codec::Encoding::Gzip, 1);
     Record {
         target: Target::Upstream(UpstreamUrl::parse("https://o1.ingest.sentry.io").unwrap()),
         endpoint: Endpoint::Envelope,
@@ -139,7 +142,8 @@ fn record(body: &Bytes) -> Record {
             http::HeaderValue::from_static("Sentry sentry_key=0123456789abcdef0123456789abcdef, sentry_version=7"),
         )],
         body,
-        encoding: BodyEncoding::Gzip,
+        encoding: Encoding::Gzip,
+        incompressible: false,
         project_id: 42,
         public_key: "0123456789abcdef0123456789abcdef".into(),
         event_id: Some("5afe190d31734655bc997ee41b47bc65".into()),

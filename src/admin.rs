@@ -15,8 +15,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::ingest::response;
-use crate::ingest::server::Handler;
+use crate::http::{response, Handler, Prefix};
 use crate::spool::Spool;
 
 /// State behind the admin endpoints.
@@ -80,6 +79,12 @@ impl Admin {
             Ok(()) => response::json(StatusCode::OK, body("ready", None)),
             Err(e) => response::json(StatusCode::SERVICE_UNAVAILABLE, body("not ready", Some(&e))),
         }
+    }
+}
+
+impl Prefix for Admin {
+    fn answer(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+        self.route(method, path)
     }
 }
 

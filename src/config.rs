@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::codec::Encoding;
 use crate::protocol::Dsn;
+use crate::routing::{RouteRule, UpstreamUrl};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +55,6 @@ fn invalid(key: &str, message: impl ToString) -> ConfigError {
     ConfigError::Invalid { key: key.to_owned(), message: message.to_string() }
 }
 
-/// Outbound body compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// gzip (flate2), the default: every Sentry ingest endpoint accepts it.
-    Gzip,
-    /// zstd for bodies of 8 KiB and more (smaller than gzip there), gzip below; Relay decodes both.
-    Zstd,
-    /// Send bodies as they are.
-    None,
-}
-
 /// How durable an acknowledged envelope is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -102,47 +93,6 @@ pub enum RateLimitPolicy {
     Drop,
 }
 
-/// A per-project or per-key route from the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteRule {
-    /// Match this project id (any if unset).
-    pub project: Option<u64>,
-    /// Match this public key (any if unset).
-    pub key: Option<String>,
-    /// Send matching requests here.
-    pub upstream: UpstreamUrl,
-}
-
-/// An upstream base URL: `http(s)://host[:port][/prefix]`, stored without a trailing slash.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UpstreamUrl(pub std::sync::Arc<str>);
-
-impl UpstreamUrl {
-    /// Parses and normalises an upstream URL.
-    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
-        let uri: http::Uri = s.trim().parse().map_err(|e| format!("{e}"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err("the URL must start with http:// or https://".into()),
-        }
-        let authority = uri.authority().ok_or("the URL has no host")?;
-        if authority.as_str().contains('@') {
-            return Err("the upstream URL must not hold credentials".into());
-        }
-        if uri.query().is_some() {
-            return Err("the upstream URL must not have a query".into());
-        }
-        let path = uri.path().trim_end_matches('/');
-        let scheme = uri.scheme_str().unwrap_or("https");
-        Ok(UpstreamUrl(format!("{scheme}://{authority}{path}").into()))
-    }
-
-    /// The URL as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -163,7 +113,7 @@ pub struct Config {
     /// DSNs the tunnel may forward to; empty turns the tunnel off.
     pub tunnel_allow: Vec<Dsn>,
     /// Outbound compression.
-    pub compression: Compression,
+    pub compression: Encoding,
     /// gzip level, 0-9.
     pub gzip_level: u32,
     /// Largest request body accepted on the wire.
@@ -231,21 +181,6 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Where a request of this project and key goes: the first matching route, else the default
-    /// upstream, else the capture sink. Dispatch asks again at send time, so a restart with a
-    /// changed configuration applies to the backlog too (tunnel requests keep their DSN's host).
-    pub fn target_for(&self, project_id: u64, key: &str) -> crate::spool::Target {
-        for r in &self.routes {
-            if r.project.is_none_or(|p| p == project_id) && r.key.as_deref().is_none_or(|k| k == key) {
-                return crate::spool::Target::Upstream(r.upstream.clone());
-            }
-        }
-        match &self.upstream {
-            Some(u) => crate::spool::Target::Upstream(u.clone()),
-            None => crate::spool::Target::Capture,
-        }
-    }
-
     /// A configuration with every default, listening on `listen`: the base for tests and embedding.
     pub fn with_defaults(listen: SocketAddr, spool_dir: PathBuf) -> Config {
         // The built-in defaults are constants checked by the unit tests below.
@@ -332,7 +267,7 @@ impl Config {
                 None => Vec::new(),
             },
         };
-        let compression = pick!(compression, parse_compression, Compression::Gzip);
+        let compression = pick!(compression, parse_compression, Encoding::Gzip);
         let gzip_level = pick!(gzip_level, parse_gzip_level, 1);
         let max_request_bytes = pick!(max_request_bytes, parse_size, 20 * 1024 * 1024);
         let max_decoded_bytes = pick!(max_decoded_bytes, parse_size, 100 * 1024 * 1024);
@@ -542,11 +477,11 @@ fn parse_gzip_level(s: &str) -> Result<u32, String> {
     }
 }
 
-fn parse_compression(s: &str) -> Result<Compression, String> {
+fn parse_compression(s: &str) -> Result<Encoding, String> {
     match s.trim() {
-        "gzip" => Ok(Compression::Gzip),
-        "zstd" => Ok(Compression::Zstd),
-        "none" => Ok(Compression::None),
+        "gzip" => Ok(Encoding::Gzip),
+        "zstd" => Ok(Encoding::Zstd),
+        "none" => Ok(Encoding::Identity),
         other => Err(format!("`{other}` is not one of gzip, zstd, none")),
     }
 }
@@ -656,7 +591,7 @@ struct Cli {
     tunnel_allow: Option<Vec<Dsn>>,
     /// Outbound compression: gzip, zstd or none [default: gzip].
     #[arg(long, env = "SENTRY_SIDECAR_COMPRESSION", value_name = "ALGO", value_parser = parse_compression)]
-    compression: Option<Compression>,
+    compression: Option<Encoding>,
     /// gzip level 0-9 [default: 1].
     #[arg(long, env = "SENTRY_SIDECAR_GZIP_LEVEL", value_name = "N", value_parser = parse_gzip_level)]
     gzip_level: Option<u32>,
@@ -755,7 +690,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.spool_dir, PathBuf::from("./sentry-sidecar-data"));
         assert_eq!(c.upstream, None);
-        assert_eq!(c.compression, Compression::Gzip);
+        assert_eq!(c.compression, Encoding::Gzip);
         assert_eq!(c.worker_threads, 1);
         assert!(c.tunnel_allow.is_empty());
     }

@@ -36,11 +36,17 @@
 
 pub mod admin;
 pub mod capture;
+pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod dispatch;
+pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod protocol;
+pub mod routing;
 pub mod spool;
+pub mod sys;
 pub mod telemetry;
 pub mod upstream;
 
@@ -54,9 +60,10 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::capture::Capture;
 use crate::config::Config;
-use crate::dispatch::RateLimits;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
+use crate::limits::RateLimits;
+use crate::routing::Routes;
 use crate::spool::{Spool, SpoolError};
 use crate::upstream::UpstreamClient;
 
@@ -123,8 +130,8 @@ impl Sidecar {
             .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
         let cfg = Arc::new(cfg);
         let limits = Arc::new(RateLimits::new());
-        let needs_client = cfg.upstream.is_some() || !cfg.routes.is_empty() || !cfg.tunnel_allow.is_empty();
-        let client = if needs_client { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };
+        let routes = Arc::new(Routes::new(cfg.upstream.clone(), cfg.routes.clone(), cfg.tunnel_allow.clone()));
+        let client = if routes.has_upstream() { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };
         let capture = Arc::new(Capture::new(cfg.spool_dir.join("capture.jsonl")));
 
         let bind = |addr: SocketAddr| async move {
@@ -141,16 +148,17 @@ impl Sidecar {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = Arc::new(Admin::new(spool.clone(), metrics));
         let inline_admin = if admin_listener.is_none() { Some(admin.clone()) } else { None };
-        let ingest = Arc::new(Ingest::new(cfg.clone(), spool.clone(), limits.clone(), inline_admin));
-        let mut servers = vec![tokio::spawn(ingest::server::serve(
+        let ingest = Arc::new(Ingest::new(cfg.clone(), routes.clone(), spool.clone(), limits.clone()));
+        let front = Arc::new(crate::http::Layered::new(inline_admin, ingest));
+        let mut servers = vec![tokio::spawn(crate::http::serve(
             listener,
-            ingest,
+            front,
             shutdown_rx.clone(),
             cfg.max_connections,
             cfg.shutdown_timeout,
         ))];
         if let Some(l) = admin_listener {
-            servers.push(tokio::spawn(ingest::server::serve(
+            servers.push(tokio::spawn(crate::http::serve(
                 l,
                 admin.clone(),
                 shutdown_rx.clone(),
@@ -163,7 +171,7 @@ impl Sidecar {
             client,
             capture,
             limits,
-            cfg.clone(),
+            routes,
             DispatchConfig::from_config(&cfg),
         ));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx));

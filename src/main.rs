@@ -6,7 +6,7 @@ use sentry_sidecar::config::{Config, LogFormat};
 use sentry_sidecar::Sidecar;
 
 fn main() {
-    limit_malloc_arenas();
+    sentry_sidecar::sys::limit_malloc_arenas();
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -50,28 +50,6 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         running.shutdown().await;
         Ok(())
     })
-}
-
-/// glibc gives every thread that allocates its own malloc arena; for a small always-on process
-/// with a writer thread and runtime workers that mostly shows up as RSS held by idle arenas.
-///
-/// Freed memory inside an arena goes back to the OS only from the arena's top, so after a burst
-/// free pages in the middle stay resident; a small thread hands them back every few seconds.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-        let _ = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(5));
-            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        });
-    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::spool::Endpoint;
+use crate::protocol::Endpoint;
 
 /// Requests answered by the ingest listener, by `endpoint` and `status`.
 pub const REQUESTS: &str = "sidecar_requests_total";

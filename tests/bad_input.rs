@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! Each class of bad input gets the right status, a short JSON `detail`, `X-Sentry-Error` and CORS
 //! headers, is counted in a metric, and leaves the sidecar working for the next request.
 

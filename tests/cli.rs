@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! The real binary, as a new user meets it: --help, configuration errors, precedence of flag > env >
 //! file, capture mode by default, and a clean exit on SIGTERM.
 

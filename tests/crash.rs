@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! The real binary, killed with SIGKILL while the upstream is down, restarted on the same spool:
 //! every acknowledged envelope is delivered, none twice; and a clean restart sends nothing again.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! Delivery behaviour on real sockets: capture mode, transient failures retried with backoff,
 //! permanent rejections dropped and counted, graceful shutdown.
 
@@ -202,7 +203,7 @@ async fn refused_streams_are_sent_again_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_for_port(dir.path(), &pki, port);
     (cfg.retry_initial, cfg.retry_max) = (Duration::from_secs(60), Duration::from_secs(60));
-    cfg.compression = sentry_sidecar::config::Compression::None;
+    cfg.compression = sentry_sidecar::codec::Encoding::Identity;
     let sidecar = start(cfg).await;
     let metrics = Metrics::new(sidecar.local_addr()).await;
     let mut ids = Vec::new();

@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! A full disk is a recoverable condition: appends fail with 503 (never a panic, never a lost
 //! acknowledged envelope), and once deliveries free space the sidecar accepts again.
 //!

@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! "Nothing lost": outages, rate limits, spool bounds, corrupt spool files, a full disk and the
 //! `sent_at` shift, all on real sockets against the in-process TLS upstream, with the SQLite spool.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! Every captured SDK request goes through the real server to an in-process HTTPS upstream and
 //! arrives with the same items byte for byte (store: the same event JSON), the auth preserved,
 //! gzip-compressed, over one TLS connection.
@@ -133,7 +134,7 @@ async fn per_project_routes_pick_their_upstream() {
     let project7_up = Upstream::start(&pki).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = upstream_config(dir.path(), &pki, &default_up);
-    cfg.routes = vec![sentry_sidecar::config::RouteRule { project: Some(7), key: None, upstream: project7_up.url() }];
+    cfg.routes = vec![sentry_sidecar::routing::RouteRule { project: Some(7), key: None, upstream: project7_up.url() }];
     let sidecar = start(cfg).await;
     let addr = sidecar.local_addr();
     let (k, v) = auth_header();
@@ -157,13 +158,13 @@ async fn per_project_routes_pick_their_upstream() {
 async fn gzip_and_zstd_shrink_envelopes() {
     let pki = Pki::new();
     let mut sizes = Vec::new();
-    for algo in [sentry_sidecar::config::Compression::Gzip, sentry_sidecar::config::Compression::Zstd] {
+    for algo in [sentry_sidecar::codec::Encoding::Gzip, sentry_sidecar::codec::Encoding::Zstd] {
         let up = Upstream::start(&pki).await;
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = upstream_config(dir.path(), &pki, &up);
         cfg.compression = algo;
         let sidecar = start(cfg).await;
-        let zstd = algo == sentry_sidecar::config::Compression::Zstd;
+        let zstd = algo == sentry_sidecar::codec::Encoding::Zstd;
         let mut got_sizes = Vec::new();
         for (n, name) in ["02_sdk_error_gzip", "12_node_error_gzip_large"].into_iter().enumerate() {
             let f = load_fixture(name);
@@ -190,7 +191,7 @@ async fn gzip_and_zstd_shrink_envelopes() {
 /// arrives is still exactly what the SDK sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_compressed_bodies_follow_a_compression_change_across_restarts() {
-    use sentry_sidecar::config::Compression;
+    use sentry_sidecar::codec::Encoding;
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let f = load_fixture("12_node_error_gzip_large");
@@ -206,9 +207,9 @@ async fn stored_compressed_bodies_follow_a_compression_change_across_restarts() 
         }
     };
     for (stored, sent, expected) in [
-        (Compression::Gzip, Compression::None, None),
-        (Compression::Gzip, Compression::Zstd, Some("zstd")),
-        (Compression::Zstd, Compression::Gzip, Some("gzip")),
+        (Encoding::Gzip, Encoding::Identity, None),
+        (Encoding::Gzip, Encoding::Zstd, Some("zstd")),
+        (Encoding::Zstd, Encoding::Gzip, Some("gzip")),
     ] {
         spool_while_down(stored).await;
         let up = Upstream::start(&pki).await;
@@ -221,7 +222,7 @@ async fn stored_compressed_bodies_follow_a_compression_change_across_restarts() 
         sidecar.shutdown().await;
     }
     // No upstream any more: the capture log gets the readable envelope.
-    spool_while_down(Compression::Gzip).await;
+    spool_while_down(Encoding::Gzip).await;
     let sidecar = start(test_config(dir.path())).await;
     let capture = dir.path().join("spool/capture.jsonl");
     eventually(10, "captured", || std::fs::read_to_string(&capture).is_ok_and(|s| !s.is_empty())).await;

@@ -1,3 +1,6 @@
+#![allow(missing_docs, unreachable_pub)]
+// A counting allocator needs `unsafe`; this test binary is its only user.
+#![allow(unsafe_code)]
 //! Histogram samples are drained even when nobody scrapes `/metrics`: before the fix every
 //! upstream latency sample stayed in memory until a scrape (8 bytes per delivered envelope).
 //! This binary counts live heap bytes with its own allocator, so it runs alone.

@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! Real SDKs, unmodified, with only their DSN host swapped for the sidecar: PyPI sentry-sdk and raven,
 //! npm @sentry/node. Their events must arrive at the HTTPS upstream intact, auth preserved.
 //! The SDKs are installed into target/sdk by tests/sdk/install.sh (run here if needed; .ci/run runs

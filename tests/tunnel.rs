@@ -1,3 +1,4 @@
+#![allow(missing_docs, unreachable_pub)]
 //! The browser tunnel forwards only DSNs on the allow-list, to that DSN's host and project, with
 //! query auth and the client's IP; everything else is refused.
 

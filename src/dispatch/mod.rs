@@ -16,7 +16,6 @@
 //! streams over that one connection, or `h1_connections` keep-alive connections.
 
 mod backoff;
-pub mod rate_limits;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,12 +27,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use backoff::backoff;
-pub use rate_limits::{RateLimits, Scoping};
 
 use crate::capture::Capture;
-use crate::config::{Config, RateLimitPolicy, UpstreamUrl};
+use crate::clock::now_ms;
+use crate::config::{Config, RateLimitPolicy};
+use crate::limits::{RateLimits, Scoping};
+use crate::protocol::Endpoint;
+use crate::routing::{Routes, Target, UpstreamUrl};
 use crate::spool::report::{self, DropReason, Dropped};
-use crate::spool::{now_ms, Queued, Reschedule, Spool, Target};
+use crate::spool::{Queued, Record, Reschedule, Spool};
 use crate::telemetry as t;
 use crate::upstream::{Outcome, UpstreamClient};
 
@@ -249,7 +251,7 @@ pub struct Dispatcher {
     limits: Arc<RateLimits>,
     recovered: AtomicBool,
     cfg: DispatchConfig,
-    routes: Arc<Config>,
+    routes: Arc<Routes>,
 }
 
 impl Dispatcher {
@@ -259,7 +261,7 @@ impl Dispatcher {
         client: Option<Arc<UpstreamClient>>,
         capture: Arc<Capture>,
         limits: Arc<RateLimits>,
-        routes: Arc<Config>,
+        routes: Arc<Routes>,
         cfg: DispatchConfig,
     ) -> Dispatcher {
         Dispatcher {
@@ -433,8 +435,8 @@ impl Dispatcher {
 
     /// Where a record goes now: tunnel records keep their DSN's host; everything else follows the
     /// current routes, so a backlog follows a configuration change across a restart.
-    fn target_of(&self, rec: &crate::spool::Record) -> Target {
-        if rec.endpoint == crate::spool::Endpoint::Tunnel {
+    fn target_of(&self, rec: &Record) -> Target {
+        if rec.endpoint == Endpoint::Tunnel {
             rec.target.clone()
         } else {
             self.routes.target_for(rec.project_id, &rec.public_key)

@@ -1,13 +1,14 @@
-//! Reading request bodies under a wire limit and undoing `Content-Encoding` under a decoded limit.
+//! Reading request bodies under a wire limit and undoing `Content-Encoding` (with [`crate::codec`])
+//! under a decoded limit.
 //!
 //! Both limits are hard: a body that grows past either stops being read (a zip bomb costs at most
 //! the limit in memory) and is answered 413. A broken stream is a 400.
 
-use std::io::Read;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+
+use crate::codec::{self, DecodeError};
 
 /// Why a body could not be read or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,16 @@ pub enum BodyError {
     Corrupt(&'static str, std::io::Error),
 }
 
+impl From<DecodeError> for BodyError {
+    fn from(e: DecodeError) -> BodyError {
+        match e {
+            DecodeError::TooLarge(n) => BodyError::TooLarge(n),
+            DecodeError::UnsupportedEncoding(c) => BodyError::UnsupportedEncoding(c),
+            DecodeError::Corrupt(name, e) => BodyError::Corrupt(name, e),
+        }
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
@@ -38,72 +49,21 @@ pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize) -> 
     }
 }
 
-/// Decodes `body` per a `Content-Encoding` value (a comma-separated list, applied in order, undone
-/// in reverse), producing at most `limit` bytes. Bodies over 64 KiB are decoded off the async
-/// threads.
+/// Decodes `body` per a `Content-Encoding` value, producing at most `limit` bytes. Bodies over
+/// 64 KiB are decoded off the async threads.
 pub async fn decode(encoding: Option<String>, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
     let Some(enc) = encoding else { return Ok(body) };
-    let codings: Vec<String> = enc
-        .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "identity" && c != "utf-8")
-        .collect();
+    let codings = codec::codings(&enc)?;
     if codings.is_empty() {
         return Ok(body);
     }
-    for c in &codings {
-        if !matches!(c.as_str(), "gzip" | "x-gzip" | "deflate" | "br" | "zstd") {
-            return Err(BodyError::UnsupportedEncoding(c.clone()));
-        }
-    }
     if body.len() <= 64 * 1024 {
-        return decode_all(&codings, body, limit);
+        return Ok(codec::decode_codings(&codings, body, limit)?);
     }
-    tokio::task::spawn_blocking(move || decode_all(&codings, body, limit))
+    tokio::task::spawn_blocking(move || codec::decode_codings(&codings, body, limit))
         .await
         .map_err(|e| BodyError::Read(e.to_string()))?
-}
-
-/// Decodes synchronously (for benches and callers already off the async threads).
-pub fn decode_blocking(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    let codings: Vec<String> =
-        encoding.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).collect();
-    decode_all(&codings, body, limit)
-}
-
-fn decode_all(codings: &[String], mut body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    for c in codings.iter().rev() {
-        body = decode_one(c, &body, limit)?;
-    }
-    Ok(body)
-}
-
-fn decode_one(coding: &str, input: &[u8], limit: usize) -> Result<Bytes, BodyError> {
-    let mut out = Vec::with_capacity((input.len() * 4).min(limit));
-    let cap = limit as u64 + 1;
-    let (name, res) = match coding {
-        "gzip" | "x-gzip" => ("gzip", flate2::read::MultiGzDecoder::new(input).take(cap).read_to_end(&mut out)),
-        "deflate" => {
-            // HTTP's "deflate" is zlib (RFC 1950), but some clients send a raw deflate stream.
-            if looks_like_zlib(input) {
-                ("deflate", flate2::read::ZlibDecoder::new(input).take(cap).read_to_end(&mut out))
-            } else {
-                ("deflate", flate2::read::DeflateDecoder::new(input).take(cap).read_to_end(&mut out))
-            }
-        }
-        "br" => ("br", brotli_decompressor::Decompressor::new(input, 4096).take(cap).read_to_end(&mut out)),
-        "zstd" => ("zstd", zstd::stream::read::Decoder::new(input).and_then(|d| d.take(cap).read_to_end(&mut out))),
-        other => return Err(BodyError::UnsupportedEncoding(other.to_owned())),
-    };
-    res.map_err(|e| BodyError::Corrupt(name, e))?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge(limit));
-    }
-    Ok(Bytes::from(out))
-}
-
-fn looks_like_zlib(b: &[u8]) -> bool {
-    b.len() >= 2 && b[0] & 0x0f == 8 && (u16::from(b[0]) << 8 | u16::from(b[1])) % 31 == 0
+        .map_err(BodyError::from)
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@
 //! error with the right status, counted by reason.
 
 pub mod body;
-pub mod response;
 pub mod route;
-pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,14 +21,16 @@ use hyper::body::Incoming;
 use hyper::Request;
 use metrics::counter;
 
-use crate::admin::Admin;
-use crate::config::{Config, UpstreamUrl};
-use crate::dispatch::{RateLimits, Scoping};
-use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Envelope, EnvelopeError};
-use crate::spool::{now_ms, BodyEncoding, Endpoint, Record, Spool, SpoolError, Target};
+use crate::clock::now_ms;
+use crate::codec::{self, Encoding};
+use crate::config::Config;
+use crate::http::{response, Handler};
+use crate::limits::{RateLimits, Scoping};
+use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Endpoint, Envelope, EnvelopeError};
+use crate::routing::{Routes, Target};
+use crate::spool::{Record, Spool, SpoolError};
 use crate::telemetry as t;
 use body::BodyError;
-use server::Handler;
 
 /// Legacy store events over this size are refused, as Sentry does.
 const MAX_STORE_EVENT: usize = 1024 * 1024;
@@ -117,15 +117,15 @@ impl From<SpoolError> for Refusal {
 /// The ingest handler's state.
 pub struct Ingest {
     cfg: Arc<Config>,
+    routes: Arc<Routes>,
     spool: Arc<dyn Spool>,
     limits: Arc<RateLimits>,
-    admin: Option<Arc<Admin>>,
 }
 
 impl Ingest {
-    /// An ingest handler; `admin` is set when the admin endpoints share this listener.
-    pub fn new(cfg: Arc<Config>, spool: Arc<dyn Spool>, limits: Arc<RateLimits>, admin: Option<Arc<Admin>>) -> Ingest {
-        Ingest { cfg, spool, limits, admin }
+    /// An ingest handler that routes by `routes`, appends to `spool` and answers 429 by `limits`.
+    pub fn new(cfg: Arc<Config>, routes: Arc<Routes>, spool: Arc<dyn Spool>, limits: Arc<RateLimits>) -> Ingest {
+        Ingest { cfg, routes, spool, limits }
     }
 
     async fn route(
@@ -237,7 +237,7 @@ impl Ingest {
             (None, None, None) => return Err(AuthError::Missing.into()),
         };
         let project_id = project_id.unwrap_or(0);
-        let target = self.cfg.target_for(project_id, &public_key);
+        let target = self.routes.target_for(project_id, &public_key);
         let path_and_query =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
         let record = Record {
@@ -247,7 +247,8 @@ impl Ingest {
             path_and_query,
             headers,
             body,
-            encoding: BodyEncoding::Identity,
+            encoding: Encoding::Identity,
+            incompressible: false,
             project_id,
             public_key,
             event_id,
@@ -271,20 +272,19 @@ impl Ingest {
             let (algo, level, raw) = (self.cfg.compression, self.cfg.gzip_level, record.body.clone());
             // Large bodies (attachments, minidumps) are compressed off the runtime thread, which
             // serves every other connection meanwhile.
-            let (body, enc) = if raw.len() > crate::upstream::OFFLOAD_BYTES {
-                tokio::task::spawn_blocking(move || crate::upstream::compress(&raw, algo, level))
+            let (body, enc) = if raw.len() > codec::OFFLOAD_BYTES {
+                tokio::task::spawn_blocking(move || codec::compress(&raw, algo, level))
                     .await
                     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
             } else {
-                crate::upstream::compress(&raw, algo, level)
+                codec::compress(&raw, algo, level)
             };
             match enc {
-                Some(_) => (record.body, record.encoding) = (body, BodyEncoding::from_label(enc).unwrap_or_default()),
-                None if algo != crate::config::Compression::None => record.encoding = BodyEncoding::Incompressible,
-                None => {}
+                Encoding::Identity => record.incompressible = algo != Encoding::Identity,
+                enc => (record.body, record.encoding) = (body, enc),
             }
         }
-        if record.encoding.name().is_none() && record.body.len() <= COPY_BODY_MAX {
+        if record.encoding == Encoding::Identity && record.body.len() <= COPY_BODY_MAX {
             record.body = Bytes::copy_from_slice(&record.body);
         }
         self.spool.append(vec![record]).await?;
@@ -326,7 +326,7 @@ impl Ingest {
     /// The browser tunnel: forwards an envelope to the DSN in its header, only if that DSN's host
     /// and project are on the allow-list (never an open proxy).
     async fn tunnel(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Refusal> {
-        if self.cfg.tunnel_allow.is_empty() {
+        if !self.routes.tunnel_enabled() {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "tunnel_off", "the tunnel is not enabled"));
         }
         if req.method() == Method::OPTIONS {
@@ -347,20 +347,13 @@ impl Ingest {
         if !dsn.public_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", "invalid public key in dsn"));
         }
-        let allowed = self
-            .cfg
-            .tunnel_allow
-            .iter()
-            .find(|a| {
-                a.authority.eq_ignore_ascii_case(&dsn.authority)
-                    && a.project_id == dsn.project_id
-                    && a.prefix == dsn.prefix
-            })
+        // The allow-list entry, not the client, decides scheme and host.
+        let base = self
+            .routes
+            .tunnel_target(&dsn)
             .ok_or_else(|| {
                 Refusal::new(StatusCode::FORBIDDEN, "tunnel_forbidden", "dsn is not allowed by this tunnel")
-            })?;
-        // The allow-list entry, not the client, decides scheme and host.
-        let base = UpstreamUrl::parse(&allowed.base_url())
+            })?
             .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, "tunnel_forbidden", e))?;
         let mut headers: Vec<(HeaderName, HeaderValue)> = parts
             .headers
@@ -391,7 +384,8 @@ impl Ingest {
             categories: env.categories(),
             item_types: env.items.iter().map(|i| i.ty.name().to_owned()).collect(),
             body: env.bytes,
-            encoding: BodyEncoding::Identity,
+            encoding: Encoding::Identity,
+            incompressible: false,
             received_ms: now_ms(),
         };
         self.append(record).await
@@ -434,11 +428,6 @@ const COPY_BODY_MAX: usize = 64 * 1024;
 
 impl Handler for Ingest {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        if let Some(admin) = &self.admin {
-            if let Some(r) = admin.route(req.method(), req.uri().path()) {
-                return r;
-            }
-        }
         let (endpoint, result) = self.route(req, peer).await;
         let mut resp = match result {
             Ok(r) => r,

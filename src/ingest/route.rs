@@ -3,7 +3,7 @@
 //! A DSN may carry a path prefix (`/sentry/42` -> `/sentry/api/42/envelope/`), so the route is found
 //! on the `/api/{id}/` suffix and any prefix is allowed.
 
-use crate::spool::Endpoint;
+use crate::protocol::Endpoint;
 
 /// A recognised ingest path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ macro_rules! categories {
     ($($variant:ident = $bit:expr, $name:literal;)*) => {
         /// One Sentry data category, named as Relay names it on the wire.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum DataCategory { $($variant = $bit,)* }
+        pub enum DataCategory { $(#[doc = concat!("`", $name, "`")] $variant = $bit,)* }
 
         impl DataCategory {
             /// Every category, in bit order.

@@ -7,11 +7,13 @@
 
 pub mod category;
 pub mod dsn;
+pub mod endpoint;
 pub mod envelope;
 pub mod rate_limits;
 pub mod store;
 
 pub use category::{Categories, DataCategory};
 pub use dsn::{Auth, AuthError, Dsn};
+pub use endpoint::Endpoint;
 pub use envelope::{Envelope, EnvelopeError, ItemType};
 pub use rate_limits::{RateLimit, Scope};

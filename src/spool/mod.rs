@@ -20,7 +20,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use memory::MemorySpool;
-pub use record::{BodyEncoding, Endpoint, Queued, Record, Target};
+pub use record::{Queued, Record};
+
+// For the files of this module that name them through `super`.
+use crate::clock::now_ms;
+use crate::protocol::Endpoint;
+use crate::routing::Target;
 pub use sqlite::{SqliteOptions, SqliteSpool};
 pub use tiered::TieredSpool;
 
@@ -128,11 +133,4 @@ pub fn open(cfg: &crate::config::Config) -> Result<std::sync::Arc<dyn Spool>, Sp
         crate::config::Durability::Memory => std::sync::Arc::new(TieredSpool::open(opts, cfg.memory_spool_bytes)?),
         _ => std::sync::Arc::new(SqliteSpool::open(opts)?),
     })
-}
-
-/// Milliseconds since the Unix epoch, the spool's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

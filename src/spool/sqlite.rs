@@ -42,9 +42,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use super::report::{self, DropReason, Dropped};
-use super::{now_ms, BodyEncoding, BoxFuture, Endpoint, Queued, Record, Reschedule, Spool, SpoolError, Target};
-use crate::config::{DeliveryOrder, Durability, FullPolicy, UpstreamUrl};
+use super::{now_ms, BoxFuture, Endpoint, Queued, Record, Reschedule, Spool, SpoolError, Target};
+use crate::config::{DeliveryOrder, Durability, FullPolicy};
 use crate::protocol::Categories;
+use crate::routing::UpstreamUrl;
 
 /// Settings of the SQLite spool.
 #[derive(Debug, Clone)]
@@ -490,23 +491,6 @@ fn write_reserve(path: &Path) {
     }
 }
 
-/// Bytes available to unprivileged writers on the filesystem holding `dir`, and its size.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a valid NUL-terminated string and `st` points to writable memory of the
-    // right type, which statvfs fills in completely when it returns 0.
-    let st = unsafe {
-        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
-            return None;
-        }
-        st.assume_init()
-    };
-    let frsize = st.f_frsize as u64;
-    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
-}
-
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     match e {
         rusqlite::Error::ToSqlConversionFailure(inner) => {
@@ -811,7 +795,7 @@ impl Db {
             let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
             (pages.max(0) as u64) * (size.max(0) as u64)
         };
-        let ok = match disk_space(&self.opts.dir) {
+        let ok = match crate::sys::disk_space(&self.opts.dir) {
             Some((available, total)) => {
                 let watermark = (total / 20).clamp(1 << 20, 64 << 20);
                 self.space_tight = available < watermark.saturating_mul(4);
@@ -820,7 +804,7 @@ impl Db {
                 } else {
                     // A truncated WAL gives its space back to the filesystem.
                     let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-                    disk_space(&self.opts.dir).is_some_and(|(a, _)| a + reusable(&self.conn) >= watermark)
+                    crate::sys::disk_space(&self.opts.dir).is_some_and(|(a, _)| a + reusable(&self.conn) >= watermark)
                 }
             }
             None => true,
@@ -1189,7 +1173,7 @@ fn encode_meta(r: &Record) -> Vec<u8> {
         key: &r.public_key,
         event_id: r.event_id.as_deref(),
         items: &r.item_types,
-        encoding: r.encoding.label(),
+        encoding: r.stored_label(),
     };
     serde_json::to_vec(&meta).unwrap_or_default()
 }
@@ -1219,9 +1203,11 @@ fn decode_row(dir: &Path, row: Row) -> Option<Record> {
         .into_iter()
         .filter_map(|(k, v)| Some((http::HeaderName::try_from(k).ok()?, http::HeaderValue::try_from(v).ok()?)))
         .collect();
+    let (encoding, incompressible) = Record::parse_stored_label(meta.encoding.as_deref())?;
     Some(Record {
         target,
-        encoding: BodyEncoding::from_label(meta.encoding.as_deref())?,
+        encoding,
+        incompressible,
         endpoint: Endpoint::from_name(&meta.endpoint)?,
         method: http::Method::from_bytes(meta.method.as_bytes()).ok()?,
         path_and_query: meta.path,
@@ -1461,6 +1447,7 @@ fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Encoding;
 
     fn rec(body: &'static [u8]) -> Record {
         Record::for_test(body, now_ms())
@@ -1491,7 +1478,7 @@ mod tests {
     /// before it read back the same, and non-UTF-8 header values are still left out.
     #[test]
     fn meta_is_encoded_as_before() {
-        for (event_id, encoding) in [(None, BodyEncoding::Identity), (Some("ab".repeat(16)), BodyEncoding::Gzip)] {
+        for (event_id, encoding) in [(None, Encoding::Identity), (Some("ab".repeat(16)), Encoding::Gzip)] {
             let mut r = rec(b"{}");
             r.headers = vec![
                 (http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-sentry-envelope")),
@@ -1513,7 +1500,7 @@ mod tests {
                 key: r.public_key.clone(),
                 event_id,
                 items: r.item_types.clone(),
-                encoding: r.encoding.label().map(str::to_owned),
+                encoding: r.stored_label().map(str::to_owned),
             };
             assert_eq!(
                 String::from_utf8(encode_meta(&r)).unwrap(),

@@ -13,11 +13,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
-use super::compress::{algorithm_for, compress, OFFLOAD_BYTES};
 use super::limit::LimitedConnector;
 use super::rewrite;
-use crate::config::{Compression, Config, UpstreamUrl};
-use crate::spool::{BodyEncoding, Endpoint, Record};
+use crate::codec::{algorithm_for, compress, Encoding, OFFLOAD_BYTES};
+use crate::config::Config;
+use crate::protocol::Endpoint;
+use crate::routing::UpstreamUrl;
+use crate::spool::Record;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ pub struct Attempt {
 /// The shared upstream client.
 pub struct UpstreamClient {
     client: HttpsClient,
-    compression: Compression,
+    compression: Encoding,
     gzip_level: u32,
     request_timeout: Duration,
 }
@@ -144,7 +146,7 @@ impl UpstreamClient {
                 }
                 h.append(k.clone(), v.clone());
             }
-            if let Some(enc) = encoding {
+            if let Some(enc) = encoding.content_encoding() {
                 h.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
             }
             h.insert(CONTENT_LENGTH, http::HeaderValue::from(sent_bytes));
@@ -186,10 +188,10 @@ impl UpstreamClient {
 /// decoded, rewritten and compressed again.
 fn payload(
     record: &Record,
-    compression: Compression,
+    compression: Encoding,
     level: u32,
     elapsed: Duration,
-) -> std::io::Result<(Bytes, Option<&'static str>)> {
+) -> std::io::Result<(Bytes, Encoding)> {
     let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
     if is_envelope && elapsed >= rewrite::MIN_SHIFT {
         let raw = record.decoded_body()?;
@@ -199,16 +201,12 @@ fn payload(
     }
     // The rule ingest compressed by, applied to the size the stored body had (unknown for zstd,
     // which ingest only uses for large bodies).
-    let wanted = match algorithm_for(compression, record.decoded_len().unwrap_or(usize::MAX)) {
-        Compression::Gzip => BodyEncoding::Gzip,
-        Compression::Zstd => BodyEncoding::Zstd,
-        Compression::None => BodyEncoding::Identity,
-    };
+    let wanted = algorithm_for(compression, record.decoded_len().unwrap_or(usize::MAX));
     match record.encoding {
-        BodyEncoding::Identity => Ok(compress(&record.body, compression, level)),
         // Ingest tried and it did not shrink.
-        BodyEncoding::Incompressible => Ok((record.body.clone(), None)),
-        stored if stored == wanted => Ok((record.body.clone(), stored.name())),
+        Encoding::Identity if record.incompressible => Ok((record.body.clone(), Encoding::Identity)),
+        Encoding::Identity => Ok(compress(&record.body, compression, level)),
+        stored if stored == wanted => Ok((record.body.clone(), stored)),
         // Stored for another setting (the configuration changed across a restart).
         _ => Ok(compress(&record.decoded_body()?, compression, level)),
     }
@@ -252,10 +250,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::compress::ZSTD_MIN_BYTES;
+    use crate::codec::ZSTD_MIN_BYTES;
 
-    fn record(body: &'static [u8], encoding: BodyEncoding) -> Record {
-        Record { encoding, ..Record::for_test(body, 0) }
+    fn record(body: &'static [u8], encoding: Encoding, incompressible: bool) -> Record {
+        Record { encoding, incompressible, ..Record::for_test(body, 0) }
     }
 
     #[test]
@@ -263,29 +261,29 @@ mod tests {
         let json = br#"{"message":"hello hello hello hello hello hello hello hello hello hello"}"#;
         let fresh = Duration::ZERO;
         // Not tried yet (a client report, a record from before): compressed now.
-        let (out, enc) = payload(&record(json, BodyEncoding::Identity), Compression::Gzip, 1, fresh).unwrap();
-        assert!(enc == Some("gzip") && out.len() < json.len());
+        let (out, enc) = payload(&record(json, Encoding::Identity, false), Encoding::Gzip, 1, fresh).unwrap();
+        assert!(enc == Encoding::Gzip && out.len() < json.len());
         // Tried at ingest and it did not shrink: sent as it is, even though it would shrink now.
-        let (out, enc) = payload(&record(json, BodyEncoding::Incompressible), Compression::Gzip, 1, fresh).unwrap();
-        assert_eq!((&out[..], enc), (&json[..], None));
+        let (out, enc) = payload(&record(json, Encoding::Identity, true), Encoding::Gzip, 1, fresh).unwrap();
+        assert_eq!((&out[..], enc), (&json[..], Encoding::Identity));
         // Stored gzip for a gzip upstream: the stored bytes.
-        let (gz, _) = compress(&Bytes::from_static(json), Compression::Gzip, 1);
-        let stored = Record { body: gz.clone(), ..record(b"", BodyEncoding::Gzip) };
-        let (out, enc) = payload(&stored, Compression::Gzip, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz.clone(), Some("gzip")));
+        let (gz, _) = compress(&Bytes::from_static(json), Encoding::Gzip, 1);
+        let stored = Record { body: gz.clone(), ..record(b"", Encoding::Gzip, false) };
+        let (out, enc) = payload(&stored, Encoding::Gzip, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz.clone(), Encoding::Gzip));
         // Stored gzip for an upstream without compression: decoded.
-        let (out, enc) = payload(&stored, Compression::None, 1, fresh).unwrap();
-        assert_eq!((&out[..], enc), (&json[..], None));
+        let (out, enc) = payload(&stored, Encoding::Identity, 1, fresh).unwrap();
+        assert_eq!((&out[..], enc), (&json[..], Encoding::Identity));
         // Under zstd a small body stays gzip (what ingest stores it as), a large one is zstd.
-        let (out, enc) = payload(&stored, Compression::Zstd, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz, Some("gzip")));
+        let (out, enc) = payload(&stored, Encoding::Zstd, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz, Encoding::Gzip));
         let large = Bytes::from(json.repeat(ZSTD_MIN_BYTES / json.len() + 1));
-        let (gz_large, enc) = compress(&large, Compression::Zstd, 1);
-        assert_eq!(enc, Some("zstd"), "ingest stores large bodies as zstd");
-        let (gz_large_stored, _) = compress(&large, Compression::Gzip, 1);
-        let stored = Record { body: gz_large_stored, ..record(b"", BodyEncoding::Gzip) };
-        let (out, enc) = payload(&stored, Compression::Zstd, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz_large, Some("zstd")), "stored gzip from a gzip setting, sent as zstd");
+        let (gz_large, enc) = compress(&large, Encoding::Zstd, 1);
+        assert_eq!(enc, Encoding::Zstd, "ingest stores large bodies as zstd");
+        let (gz_large_stored, _) = compress(&large, Encoding::Gzip, 1);
+        let stored = Record { body: gz_large_stored, ..record(b"", Encoding::Gzip, false) };
+        let (out, enc) = payload(&stored, Encoding::Zstd, 1, fresh).unwrap();
+        assert_eq!((out, enc), (gz_large, Encoding::Zstd), "stored gzip from a gzip setting, sent as zstd");
     }
 
     /// What an h2 client stream ends with when the server does `act` to it (over an in-memory

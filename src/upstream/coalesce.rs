@@ -17,10 +17,10 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 
 /// Bytes held back at most before a write goes out regardless of the flush deferral.
-pub const LIMIT: usize = 64 * 1024;
+pub(super) const LIMIT: usize = 64 * 1024;
 
 /// An IO whose flushes are deferred to the next poll when `defer` is on.
-pub struct Coalesced<T> {
+pub(super) struct Coalesced<T> {
     io: T,
     defer: bool,
     buf: Vec<u8>,
@@ -30,7 +30,7 @@ pub struct Coalesced<T> {
 
 impl<T: Connection> Coalesced<T> {
     /// Wraps `io`, deferring flushes only if it negotiated HTTP/2.
-    pub fn new(io: T) -> Self {
+    pub(super) fn new(io: T) -> Self {
         let defer = io.connected().is_negotiated_h2();
         Coalesced::with_defer(io, defer)
     }
@@ -38,7 +38,7 @@ impl<T: Connection> Coalesced<T> {
 
 impl<T> Coalesced<T> {
     /// Wraps `io` with deferral on or off.
-    pub fn with_defer(io: T, defer: bool) -> Self {
+    pub(super) fn with_defer(io: T, defer: bool) -> Self {
         Coalesced { io, defer, buf: Vec::new(), written: 0, woken: false }
     }
 }

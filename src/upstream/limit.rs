@@ -23,7 +23,7 @@ use super::coalesce::Coalesced;
 
 /// Wraps connector `C`, allowing at most `per_host` live connections to each `host:port`.
 #[derive(Clone)]
-pub struct LimitedConnector<C> {
+pub(super) struct LimitedConnector<C> {
     inner: C,
     per_host: usize,
     hosts: Arc<DashMap<String, Arc<Semaphore>>>,
@@ -31,7 +31,7 @@ pub struct LimitedConnector<C> {
 
 impl<C> LimitedConnector<C> {
     /// Wraps `inner`.
-    pub fn new(inner: C, per_host: usize) -> Self {
+    pub(super) fn new(inner: C, per_host: usize) -> Self {
         LimitedConnector { inner, per_host: per_host.max(1), hosts: Arc::new(DashMap::new()) }
     }
 }
@@ -68,7 +68,7 @@ where
 }
 
 /// A connection holding its slot until it is dropped.
-pub struct LimitedConn<T> {
+pub(super) struct LimitedConn<T> {
     io: T,
     _permit: OwnedSemaphorePermit,
     /// This host's `sidecar_upstream_connections` gauge, counted down when the connection goes.

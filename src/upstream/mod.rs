@@ -8,10 +8,8 @@
 mod classify;
 mod client;
 mod coalesce;
-mod compress;
 mod limit;
 pub mod rewrite;
 
 pub use classify::{classify, Outcome};
 pub use client::{UpstreamClient, UpstreamError};
-pub use compress::{algorithm_for, compress, OFFLOAD_BYTES};

@@ -4,8 +4,8 @@
 
 use dashmap::DashMap;
 
-use crate::config::UpstreamUrl;
 use crate::protocol::{Categories, DataCategory, RateLimit, Scope};
+use crate::routing::UpstreamUrl;
 
 const N: usize = 19;
 

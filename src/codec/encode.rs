@@ -1,4 +1,4 @@
-//! Outbound compression. gzip by default: it shrinks JSON envelopes to about half at level 1 and
+//! Compression for the upstream. gzip by default: it shrinks JSON envelopes to about half at level 1 and
 //! every Sentry ingest endpoint accepts it. zstd is the option for upstreams that take it (Relay
 //! does): smaller output on large envelopes.
 //!
@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use libdeflater::{CompressionLvl, Compressor};
 
-use crate::config::Compression;
+use super::Encoding;
 
 thread_local! {
     static DEFLATE: RefCell<Option<(u32, Compressor)>> = const { RefCell::new(None) };
@@ -37,23 +37,24 @@ pub const ZSTD_MIN_BYTES: usize = 8 * 1024;
 pub const OFFLOAD_BYTES: usize = 64 * 1024;
 
 /// The algorithm a body of `raw_len` bytes gets under the `algo` setting.
-pub fn algorithm_for(algo: Compression, raw_len: usize) -> Compression {
+pub fn algorithm_for(algo: Encoding, raw_len: usize) -> Encoding {
     match algo {
-        Compression::Zstd if raw_len < ZSTD_MIN_BYTES => Compression::Gzip,
+        Encoding::Zstd if raw_len < ZSTD_MIN_BYTES => Encoding::Gzip,
         other => other,
     }
 }
 
-/// Compresses `body`; returns the bytes to send and the `Content-Encoding` to declare, if any.
-pub fn compress(body: &Bytes, algo: Compression, level: u32) -> (Bytes, Option<&'static str>) {
+/// Compresses `body` under the `algo` setting; returns the bytes to send and how they are encoded
+/// ([`Encoding::Identity`] when compression did not shrink them: they are `body` itself).
+pub fn compress(body: &Bytes, algo: Encoding, level: u32) -> (Bytes, Encoding) {
     let out = match algorithm_for(algo, body.len()) {
-        Compression::None => None,
-        Compression::Gzip => gzip(body, level).map(|b| (b, "gzip")),
-        Compression::Zstd => zstd(body, zstd_level(level)).map(|b| (b, "zstd")),
+        Encoding::Identity => None,
+        Encoding::Gzip => gzip(body, level).map(|b| (b, Encoding::Gzip)),
+        Encoding::Zstd => zstd(body, zstd_level(level)).map(|b| (b, Encoding::Zstd)),
     };
     match out {
-        Some((b, enc)) if b.len() < body.len() => (b, Some(enc)),
-        _ => (body.clone(), None),
+        Some((b, enc)) if b.len() < body.len() => (b, enc),
+        _ => (body.clone(), Encoding::Identity),
     }
 }
 
@@ -127,14 +128,14 @@ mod tests {
         let raw = br#"{"event_id":"0123456789abcdef0123456789abcdef","message":"hello hello hello hello"}"#;
         let body = Bytes::from_static(raw);
         for level in [1, 1, 6, 1] {
-            let (out, enc) = compress(&body, Compression::Gzip, level);
-            assert_eq!(enc, Some("gzip"));
+            let (out, enc) = compress(&body, Encoding::Gzip, level);
+            assert_eq!(enc, Encoding::Gzip);
             assert_eq!(gunzip(&out), raw);
         }
         // Large and compressible, then incompressible (sent as it is).
         let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{{\"n\":{}}}", i % 977).into_bytes()).collect();
-        let (out, enc) = compress(&Bytes::from(big.clone()), Compression::Gzip, 1);
-        assert!(gunzip(&out) == big && enc == Some("gzip"));
+        let (out, enc) = compress(&Bytes::from(big.clone()), Encoding::Gzip, 1);
+        assert!(gunzip(&out) == big && enc == Encoding::Gzip);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..200_000)
             .map(|_| {
@@ -144,20 +145,20 @@ mod tests {
                 (x >> 32) as u8
             })
             .collect();
-        let (out, enc) = compress(&Bytes::from(noise.clone()), Compression::Gzip, 1);
-        assert!(out[..] == noise[..] && enc.is_none(), "noise went out as {enc:?}, {} bytes", out.len());
-        let (out, enc) = compress(&Bytes::new(), Compression::Gzip, 1);
-        assert_eq!((&out[..], enc), (&b""[..], None));
-        let (out, enc) = compress(&body, Compression::None, 3);
-        assert_eq!((&out[..], enc), (&raw[..], None));
+        let (out, enc) = compress(&Bytes::from(noise.clone()), Encoding::Gzip, 1);
+        assert!(out[..] == noise[..] && enc == Encoding::Identity, "noise went out as {enc:?}, {} bytes", out.len());
+        let (out, enc) = compress(&Bytes::new(), Encoding::Gzip, 1);
+        assert_eq!((&out[..], enc), (&b""[..], Encoding::Identity));
+        let (out, enc) = compress(&body, Encoding::Identity, 3);
+        assert_eq!((&out[..], enc), (&raw[..], Encoding::Identity));
         // Under zstd, the small body is gzip (smaller at that size), the large one zstd.
-        let (out, enc) = compress(&body, Compression::Zstd, 1);
-        assert_eq!(enc, Some("gzip"));
+        let (out, enc) = compress(&body, Encoding::Zstd, 1);
+        assert_eq!(enc, Encoding::Gzip);
         assert_eq!(gunzip(&out), raw);
         let big = Bytes::from(big);
         for level in [1, 4] {
-            let (out, enc) = compress(&big, Compression::Zstd, level);
-            assert_eq!(enc, Some("zstd"));
+            let (out, enc) = compress(&big, Encoding::Zstd, level);
+            assert_eq!(enc, Encoding::Zstd);
             assert!(zstd::stream::decode_all(&out[..]).unwrap() == big);
         }
     }
@@ -165,9 +166,9 @@ mod tests {
     #[test]
     fn a_body_that_does_not_shrink_goes_out_as_it_came() {
         let body = Bytes::from_static(br#"{"sid":"5d6e"}"#);
-        for algo in [Compression::Gzip, Compression::Zstd] {
+        for algo in [Encoding::Gzip, Encoding::Zstd] {
             let (out, enc) = compress(&body, algo, 1);
-            assert_eq!((&out[..], enc), (&body[..], None));
+            assert_eq!((&out[..], enc), (&body[..], Encoding::Identity));
         }
     }
 }
