@@ -6,31 +6,42 @@
 //!  SDK --HTTP/1.1 loopback--> ingest --> spool --> dispatch --> upstream ==TLS pool==> Sentry
 //!                             parse,     SQLite    batches,     hyper + rustls,
 //!                             validate,  WAL,      rate limits, HTTP/2 or 1.1,
-//!                             gzip once, bounded   circuit,     stored bytes as
-//!                             ack 200              retries      they are
-//!                             after the
-//!                             append
+//!                             gzip once, bounded   circuit,     sends what it is
+//!                             ack 200              retries,     given, classifies
+//!                             after the            builds the   the answer
+//!                             append               request
 //! ```
 //!
-//! - [`protocol`]: the Sentry wire format (DSN, auth, envelopes, store bodies, categories, rate-limit
-//!   headers). Pure, no I/O.
-//! - [`ingest`]: the hyper server; routes, auth, body limits and decoding; compresses the body
-//!   once for the upstream, appends it to the spool and only then answers.
-//! - [`spool`]: the durable queue between the two halves, behind the [`spool::Spool`] trait
-//!   (SQLite with group commit; a RAM tier for `durability = memory`; client reports for drops).
-//! - [`dispatch`]: leases batches from the spool, gates them on the rate-limit table and the
-//!   upstream's circuit, delivers them with bounded concurrency, acks or reschedules by the
-//!   classified outcome.
-//! - [`upstream`]: the pooled rustls client (which sends a stored body as it is, unless its
-//!   `sent_at` must be shifted; an HTTP/2 connection's frames of one scheduler pass go out in one
-//!   TLS write), the codecs and [`upstream::classify`].
-//! - [`capture`]: the sink used when no upstream is configured.
-//! - [`admin`]: health, readiness and Prometheus metrics. [`telemetry`] names every metric.
-//! - [`config`]: flags, environment and TOML, validated into [`config::Config`].
+//! # The map
 //!
-//! Threads: the async runtime (one thread by default: ingest, dispatch, upstream), the spool's
-//! writer (every SQLite statement) and, with `durability = process`, its WAL flusher; plus two
-//! small housekeeping threads (metrics upkeep, and `malloc_trim` in `main`).
+//! Each module has one job, and may import only the modules its row names (besides the standard
+//! library and its dependencies). Only this file wires them together. `tests/architecture.rs`
+//! reads this table and fails when a module imports one it does not list, so the table is the rule.
+//!
+//! | module | its one job | may import |
+//! |---|---|---|
+//! | [`protocol`] | the Sentry wire format: DSN and auth, envelopes, store bodies, endpoints, data categories, rate-limit headers, `sent_at` shifts; pure, no I/O, fuzzable | nothing |
+//! | [`clock`] | "now" in unix ms, a value so that timing tests run on tokio's paused clock | nothing |
+//! | [`sys`] | the few libc calls that need `unsafe` (statvfs, malloc tuning) | nothing |
+//! | [`codec`] | one `Encoding`; decoding what SDKs send under a limit, compressing what goes upstream | nothing |
+//! | [`http`] | the accept loop, connection cap and drain; JSON, error and CORS answers | nothing |
+//! | [`routing`] | upstream URLs, per-project/per-key routes, the default target, the tunnel allow-list | `protocol` |
+//! | [`limits`] | the rate-limit table dispatch gates on and ingest answers 429 from | `protocol`, `routing` |
+//! | [`telemetry`] | every metric's name and the Prometheus recorder | `protocol` |
+//! | [`config`] | flags, environment and TOML, validated into [`config::Config`] | `codec`, `protocol`, `routing` |
+//! | [`spool`] | the durable queue between the halves (SQLite with group commit, a RAM tier, client reports for drops) | `clock`, `codec`, `config`, `protocol`, `routing`, `sys`, `telemetry` |
+//! | [`ingest`] | routes, auth, body limits and decoding; compresses once for the upstream, appends, then answers | `clock`, `codec`, `config`, `http`, `limits`, `protocol`, `routing`, `spool`, `telemetry` |
+//! | [`upstream`] | transport only: the pooled rustls client sends a prepared request and classifies the answer | `codec`, `config`, `protocol`, `routing`, `telemetry` |
+//! | [`capture`] | the local sink used when no upstream is configured | `spool` |
+//! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `telemetry`, `upstream` |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `http`, `spool`, `telemetry` |
+//!
+//! # Threads
+//!
+//! The async runtime (one thread by default: ingest, dispatch, upstream), the spool's writer
+//! (every SQLite statement) and, with `durability = process`, its WAL flusher; plus two small
+//! housekeeping threads (metrics upkeep, and `malloc_trim` from [`sys::limit_malloc_arenas`]).
+//! Large bodies are compressed and decoded on tokio's blocking pool.
 //!
 //! [`Sidecar::start`] wires them together; `main`, the tests and the benches all use it.
 

@@ -308,7 +308,8 @@ impl Envelope {
     }
 }
 
-/// The data category an item is rate limited by (PROTOCOL.md section 3, primary categories).
+/// The data categories an item is rate limited by: its primary categories, as Relay assigns them
+/// (an event is `error`, a transaction `transaction`, ...).
 pub fn item_categories(ty: &ItemType, ui_platform: bool) -> &'static [DataCategory] {
     use DataCategory as C;
     match ty {

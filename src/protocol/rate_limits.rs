@@ -1,7 +1,13 @@
-//! `X-Sentry-Rate-Limits` and `Retry-After`, parsed exactly as PROTOCOL.md section 5 describes.
+//! `X-Sentry-Rate-Limits` and `Retry-After`, parsed as Sentry sends them.
 //!
-//! Parsing is separate from the deadline table so that the grammar can be tested on its own; the
-//! table that gates dispatch lives with the dispatcher.
+//! `X-Sentry-Rate-Limits` is `limit[, limit...]` with `limit = secs:categories:scope[:reason[:namespaces]]`:
+//! `secs` may be fractional, `categories` is `;`-separated and empty means all, scope is
+//! `organization`, `project` or `key`; unknown categories are ignored, and so is a limit whose
+//! categories are all unknown. It may come on any answer, 200 included. Without it, a 429's
+//! `Retry-After` (seconds or an HTTP date) limits every category, and a bare 429 means 60 s.
+//!
+//! Parsing is separate from the deadline table (the `limits` module) so that the grammar can be
+//! tested (and fuzzed) on its own.
 
 use std::time::{Duration, SystemTime};
 

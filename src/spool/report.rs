@@ -1,6 +1,7 @@
 //! What the spool drops by its own policy (full, too old, rate-limit drop policy) is counted by
 //! reason and data category, logged without flooding, and reported to Sentry as `client_report`
-//! envelopes for the same DSN, so the loss shows up in the project's stats (PROTOCOL.md section 6).
+//! envelopes for the same DSN, so the loss shows up in the project's stats (Sentry's "dropped" outcomes) as it
+//! would for an SDK that dropped them itself.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
