@@ -75,7 +75,7 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
 use crate::limits::RateLimits;
 use crate::routing::Routes;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{LockError, Spool, SpoolError, SpoolLock};
 use crate::upstream::UpstreamClient;
 
 /// Why the sidecar could not start.
@@ -97,6 +97,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Another process holds the spool directory (or its lock file cannot be taken).
+    #[error(transparent)]
+    SpoolLocked(#[from] LockError),
     /// The spool could not be opened (even after quarantining a broken one).
     #[error("cannot open the spool in {path}: {source}")]
     Spool {
@@ -122,6 +125,7 @@ pub struct Running {
     dispatcher: JoinHandle<()>,
     admin: Arc<Admin>,
     spool: Arc<dyn Spool>,
+    _lock: Option<SpoolLock>,
 }
 
 impl Sidecar {
@@ -129,13 +133,20 @@ impl Sidecar {
     pub async fn start(cfg: Config) -> Result<Running, StartError> {
         std::fs::create_dir_all(&cfg.spool_dir)
             .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
+        // Before SQLite is opened: a second instance must fail at once, not after its busy wait.
+        let lock = SpoolLock::acquire(&cfg.spool_dir)?;
         let spool = spool::open(&cfg)
             .map_err(|source| StartError::Spool { path: cfg.spool_dir.display().to_string(), source })?;
-        Self::start_with_spool(cfg, spool).await
+        Self::start_inner(cfg, spool, Some(lock)).await
     }
 
-    /// Like [`Sidecar::start`], over a spool the caller opened (tests inject faults this way).
+    /// Like [`Sidecar::start`], over a spool the caller opened (tests inject faults this way); the
+    /// caller owns the spool directory, so no lock is taken.
     pub async fn start_with_spool(cfg: Config, spool: Arc<dyn Spool>) -> Result<Running, StartError> {
+        Self::start_inner(cfg, spool, None).await
+    }
+
+    async fn start_inner(cfg: Config, spool: Arc<dyn Spool>, lock: Option<SpoolLock>) -> Result<Running, StartError> {
         let metrics = telemetry::metrics_handle();
         std::fs::create_dir_all(&cfg.spool_dir)
             .map_err(|source| StartError::SpoolDir { path: cfg.spool_dir.display().to_string(), source })?;
@@ -194,7 +205,7 @@ impl Sidecar {
             spool_dir = %cfg.spool_dir.display(),
             "sentry-sidecar ready"
         );
-        Ok(Running { addr, admin_addr, shutdown, servers, dispatcher, admin, spool })
+        Ok(Running { addr, admin_addr, shutdown, servers, dispatcher, admin, spool, _lock: lock })
     }
 }
 

@@ -15,9 +15,26 @@ fn main() {
         }
     };
     if let Err(e) = run(cfg) {
-        eprintln!("sentry-sidecar: {e:#}");
+        eprintln!("sentry-sidecar: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each said once: our errors already name their cause
+/// (`cannot listen on ADDR: Address already in use`), so a cause whose text is already there is
+/// not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {

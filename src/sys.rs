@@ -21,6 +21,24 @@ pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting: `Ok(true)` if taken,
+/// `Ok(false)` if another open file holds it. The kernel drops it when the file is closed or the
+/// process dies, however it dies, so a `kill -9` never leaves a stale lock behind.
+pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the borrow of `file`; flock does not touch memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// glibc gives every thread that allocates its own malloc arena; for a small always-on process
 /// with a writer thread and runtime workers that mostly shows up as RSS held by idle arenas.
 ///
@@ -52,5 +70,17 @@ mod tests {
         let (avail, size) = super::disk_space(dir.path()).unwrap();
         assert!(size > 0 && avail <= size);
         assert!(super::disk_space(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn an_exclusive_lock_is_taken_once_and_freed_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.path().join("l")).unwrap();
+        let first = open();
+        assert!(super::try_lock_exclusive(&first).unwrap());
+        assert!(!super::try_lock_exclusive(&open()).unwrap(), "a second open file is refused");
+        drop(first);
+        assert!(super::try_lock_exclusive(&open()).unwrap(), "free again once the holder closed it");
     }
 }

@@ -185,3 +185,43 @@ fn capture_mode_then_clean_sigterm(extra: &[&str]) {
     }
     assert!(log.iter().any(|l| l.contains("capture mode")), "{log:?}");
 }
+
+/// A second sidecar on a spool directory in use exits at once, with one line naming the
+/// directory and the holder's pid, before it opens the database; the first keeps working.
+#[test]
+fn a_second_instance_on_the_same_spool_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut first =
+        bin().args(["--listen", &addr.to_string(), "--spool-dir"]).arg(&spool).stderr(Stdio::null()).spawn().unwrap();
+    wait_ready(addr, &mut first);
+    let started = Instant::now();
+    let second =
+        bin().args(["--listen", &format!("127.0.0.1:{}", free_port()), "--spool-dir"]).arg(&spool).output().unwrap();
+    let waited = started.elapsed();
+    let err = String::from_utf8(second.stderr).unwrap();
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    let expected = format!("another sentry-sidecar holds the spool {} (pid {})", spool.display(), first.id());
+    assert!(err.contains(&expected), "{err}");
+    // SQLite's busy wait is 5 s; the lock is checked before the database is opened.
+    assert!(waited < Duration::from_secs(4), "took {waited:?}");
+    assert!(first.try_wait().unwrap().is_none(), "the first instance is unaffected");
+    sigterm(&first);
+    assert!(first.wait().unwrap().success());
+}
+
+/// An address in use is reported once, with the address, on one line.
+#[test]
+fn a_busy_port_is_one_line_with_the_os_error_once() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["--listen", &addr.to_string(), "--spool-dir"]).arg(dir.path()).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
