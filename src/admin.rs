@@ -49,6 +49,10 @@ impl Admin {
                 if let Some(b) = self.spool.disk_bytes() {
                     metrics::gauge!(crate::telemetry::SPOOL_DISK_BYTES).set(b as f64);
                 }
+                // Also current before dispatch's first settle (a backlog from the last run).
+                let hot = crate::telemetry::hot();
+                hot.spool_envelopes.set(self.spool.len() as f64);
+                hot.spool_bytes.set(self.spool.bytes() as f64);
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut()
                     .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));

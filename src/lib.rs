@@ -153,6 +153,9 @@ impl Sidecar {
         let cfg = Arc::new(cfg);
         let limits = Arc::new(RateLimits::new());
         let routes = Arc::new(Routes::new(cfg.upstream.clone(), cfg.routes.clone(), cfg.tunnel_allow.clone()));
+        for u in cfg.upstream.iter().chain(cfg.routes.iter().map(|r| &r.upstream)) {
+            telemetry::register_upstream(u.as_str());
+        }
         let client = if routes.has_upstream() { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };
         let capture = Arc::new(Capture::new(cfg.spool_dir.join("capture.jsonl")));
 

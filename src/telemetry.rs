@@ -3,11 +3,15 @@
 //!
 //! The recorder is process-global (the `metrics` facade is), so it is installed once and shared by
 //! every `Sidecar` in the process; tests that start several sidecars see the sum of their counters.
+//!
+//! Every metric has a `# HELP` text ([`ALL`]) and is registered at zero when the recorder is
+//! installed, with each value of its closed labels (endpoints, outcomes, reasons), so that a
+//! dashboard or an alert on `rate(...)` or `absent(...)` works before the first request.
 
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::Endpoint;
 
@@ -45,6 +49,158 @@ pub const RATE_LIMITED: &str = "sidecar_rate_limited_total";
 pub const IN_FLIGHT: &str = "sidecar_upstream_in_flight";
 /// Open upstream connections (the pool's, TLS or plain), by `upstream` (`host:port`).
 pub const UPSTREAM_CONNECTIONS: &str = "sidecar_upstream_connections";
+/// Time from a request's headers to its answer, in seconds (the SDK's wait).
+pub const ACK_LATENCY: &str = "sidecar_ack_duration_seconds";
+/// Always 1, with the running `version` as a label.
+pub const BUILD_INFO: &str = "sidecar_build_info";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution in buckets.
+    Histogram,
+}
+
+/// One metric's name, kind and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The series name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+}
+
+const fn m(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+    Metric { name, kind, help }
+}
+
+/// Every metric the sidecar exports.
+pub const ALL: &[Metric] = &[
+    m(REQUESTS, Kind::Counter, "Requests answered by the ingest listener, by endpoint and status."),
+    m(REJECTED, Kind::Counter, "Requests refused, by endpoint and reason (bad input, auth, size, spool full, ...)."),
+    m(ACCEPTED, Kind::Counter, "Requests accepted into the spool, by endpoint."),
+    m(ACCEPTED_BYTES, Kind::Counter, "Bytes accepted into the spool (after content decoding), by endpoint."),
+    m(
+        FORWARDED,
+        Kind::Counter,
+        "Spooled envelopes whose delivery finished, by outcome (delivered, rejected, captured).",
+    ),
+    m(UPSTREAM_ATTEMPTS, Kind::Counter, "Upstream attempts, by result (2xx, 429, 4xx, 5xx, error, refused)."),
+    m(UPSTREAM_LATENCY, Kind::Histogram, "Upstream request latency in seconds."),
+    m(UPSTREAM_BYTES, Kind::Counter, "Request bytes sent upstream (after compression)."),
+    m(
+        RETRIES,
+        Kind::Counter,
+        "Envelopes rescheduled for a later attempt, by reason (transient, rate_limited, refused).",
+    ),
+    m(DROPPED, Kind::Counter, "Envelopes dropped by the sidecar, by reason and data category."),
+    m(SPOOL_ENVELOPES, Kind::Gauge, "Envelopes waiting in the spool."),
+    m(SPOOL_BYTES, Kind::Gauge, "Bytes waiting in the spool, as stored (compressed for the upstream)."),
+    m(SPOOL_DISK_BYTES, Kind::Gauge, "Bytes the spool's files take on disk (database, WAL, body files)."),
+    m(CIRCUIT_OPEN, Kind::Gauge, "1 while an upstream's circuit is open (sending stopped, probing), by upstream."),
+    m(RATE_LIMITED, Kind::Counter, "Envelopes held back or dropped by a cached rate limit, by data category."),
+    m(IN_FLIGHT, Kind::Gauge, "Upstream requests in flight."),
+    m(UPSTREAM_CONNECTIONS, Kind::Gauge, "Open upstream connections, by upstream (host:port)."),
+    m(ACK_LATENCY, Kind::Histogram, "Time from a request's headers to the sidecar's answer, in seconds."),
+    m(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which build runs."),
+];
+
+/// Values of the closed labels that every series is registered with at start.
+const REJECT_REASONS: &[&str] = &[
+    "invalid_envelope",
+    "invalid_store",
+    "auth",
+    "too_large",
+    "encoding",
+    "corrupt_body",
+    "body_read",
+    "not_found",
+    "method",
+    "invalid_project",
+    "tunnel_off",
+    "tunnel_no_dsn",
+    "tunnel_bad_dsn",
+    "tunnel_forbidden",
+    "rate_limited",
+    "spool_full",
+    "disk_full",
+    "spool",
+];
+const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];
+const RESULTS: &[&str] = &["2xx", "429", "4xx", "5xx", "error", "refused"];
+const RETRY_REASONS: &[&str] = &["transient", "rate_limited", "refused"];
+const DROP_REASONS: &[&str] =
+    &["spool_full", "too_old", "rate_limited", "upstream_rejected", "upstream_rate_limited", "unreadable"];
+
+/// Buckets of the ack latency: it is well under a millisecond when all is well, so the low end
+/// is fine-grained; the top catches a stalled disk.
+const ACK_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Buckets of the upstream latency: a round trip to Sentry, up to the request timeout.
+const UPSTREAM_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Describes every metric and registers its series at zero (hot ones through [`hot`]).
+fn register() {
+    for metric in ALL {
+        match metric.kind {
+            Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+    // Not through `hot()`: this runs inside the recorder's one-time set-up, which `hot()` waits for.
+    for e in Endpoint::ALL {
+        counter!(ACCEPTED, "endpoint" => e.name()).absolute(0);
+        counter!(ACCEPTED_BYTES, "endpoint" => e.name()).absolute(0);
+        counter!(REQUESTS, "endpoint" => e.name(), "status" => "200").absolute(0);
+        for r in REJECT_REASONS {
+            counter!(REJECTED, "endpoint" => e.name(), "reason" => *r).absolute(0);
+        }
+    }
+    for o in OUTCOMES {
+        counter!(FORWARDED, "outcome" => *o).absolute(0);
+    }
+    for r in RESULTS {
+        counter!(UPSTREAM_ATTEMPTS, "result" => *r).absolute(0);
+    }
+    for r in RETRY_REASONS {
+        counter!(RETRIES, "reason" => *r).absolute(0);
+    }
+    for c in crate::protocol::DataCategory::ALL {
+        counter!(RATE_LIMITED, "category" => c.name()).absolute(0);
+        for r in DROP_REASONS {
+            counter!(DROPPED, "reason" => *r, "category" => c.name()).absolute(0);
+        }
+    }
+    counter!(UPSTREAM_BYTES).absolute(0);
+    for g in [SPOOL_ENVELOPES, SPOOL_BYTES, SPOOL_DISK_BYTES, IN_FLIGHT] {
+        gauge!(g).set(0.0);
+    }
+    let _ = histogram!(ACK_LATENCY);
+    let _ = histogram!(UPSTREAM_LATENCY);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Registers the per-upstream series of an upstream known from the configuration at zero, so
+/// that its circuit and connections show before its first request.
+pub fn register_upstream(base_url: &str) {
+    gauge!(CIRCUIT_OPEN, "upstream" => base_url.to_owned()).set(0.0);
+    if let Ok(uri) = base_url.parse::<http::Uri>() {
+        gauge!(UPSTREAM_CONNECTIONS, "upstream" => host_port(&uri)).set(0.0);
+    }
+}
+
+/// The `upstream` label of connection metrics: `host:port`, with the scheme's default port when
+/// the URL has none.
+pub fn host_port(uri: &http::Uri) -> String {
+    let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
+    format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(default))
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -55,8 +211,10 @@ pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Both bucket lists are non-empty constants, the only thing the builder checks.
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .set_buckets_for_metric(Matcher::Full(ACK_LATENCY.into()), ACK_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.into()), UPSTREAM_BUCKETS))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -70,7 +228,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             });
             // Another recorder may already be installed by an embedding program; then we still
             // render our own handle, which simply stays empty.
-            let _ = metrics::set_global_recorder(recorder);
+            let installed = metrics::set_global_recorder(recorder).is_ok();
+            if installed {
+                register();
+            }
             handle
         })
         .clone()
@@ -97,6 +258,8 @@ pub struct Hot {
     pub spool_envelopes: Gauge,
     /// `sidecar_spool_bytes`.
     pub spool_bytes: Gauge,
+    /// `sidecar_ack_duration_seconds`.
+    pub ack_latency: Histogram,
 }
 
 impl Hot {
@@ -134,6 +297,29 @@ pub fn hot() -> &'static Hot {
             delivered: counter!(FORWARDED, "outcome" => "delivered"),
             spool_envelopes: gauge!(SPOOL_ENVELOPES),
             spool_bytes: gauge!(SPOOL_BYTES),
+            ack_latency: histogram!(ACK_LATENCY),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_labels_name_the_port_the_scheme_implies() {
+        let label = |u: &str| host_port(&u.parse().unwrap());
+        assert_eq!(label("https://o1.ingest.sentry.io"), "o1.ingest.sentry.io:443");
+        assert_eq!(label("http://relay.internal/prefix"), "relay.internal:80");
+        assert_eq!(label("https://127.0.0.1:8443"), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn every_metric_is_described_once() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        assert!(ALL.iter().all(|m| m.name.starts_with("sidecar_") && !m.help.is_empty()));
+    }
 }

@@ -428,6 +428,7 @@ const COPY_BODY_MAX: usize = 64 * 1024;
 
 impl Handler for Ingest {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = std::time::Instant::now();
         let (endpoint, result) = self.route(req, peer).await;
         let mut resp = match result {
             Ok(r) => r,
@@ -444,8 +445,10 @@ impl Handler for Ingest {
             }
         };
         response::add_cors(&mut resp);
+        let hot = t::hot();
+        hot.ack_latency.record(started.elapsed().as_secs_f64());
         if resp.status() == http::StatusCode::OK {
-            t::hot().answered_200(endpoint).increment(1);
+            hot.answered_200(endpoint).increment(1);
         } else {
             counter!(t::REQUESTS, "endpoint" => endpoint.name(), "status" => response::status_label(resp.status()))
                 .increment(1);

@@ -52,7 +52,7 @@ where
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let key = format!("{}:{}", dst.host().unwrap_or_default(), dst.port_u16().unwrap_or(0));
+        let key = crate::telemetry::host_port(&dst);
         let sem = self.hosts.entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone();
         // Service contract: the clone that was polled ready is the one we call.
         let clone = self.inner.clone();
