@@ -23,6 +23,7 @@ use crate::spool::Reschedule;
 
 /// The writer thread's state.
 pub(super) struct Db {
+    /// The connection, used by this thread only.
     pub(super) conn: Connection,
     /// Pages in the WAL after the last commit (set by the WAL hook).
     pub(super) wal_pages: Arc<AtomicI32>,
@@ -31,17 +32,25 @@ pub(super) struct Db {
     /// The spool's settings. Its clock is not read here: the writer goes by the times it is
     /// handed, see `handoff`.
     pub(super) opts: SqliteOptions,
+    /// Rows in the database (waiting or leased).
     pub(super) len: u64,
+    /// Their body bytes.
     pub(super) bytes: u64,
+    /// The earliest due time in the future at the last group (0: none).
     pub(super) next_due: u64,
+    /// When rows were last expired by age (at most once a second, on reads).
     pub(super) last_expire: u64,
+    /// Sequence of body file names in this process.
     pub(super) file_seq: u64,
+    /// Whether the last group queued client reports (new work for dispatch).
     pub(super) queued_reports: bool,
     /// Rows handed to dispatch and not yet acked or rescheduled. Kept in memory, not in the
     /// database, so that reading needs no write (it must work on a full disk, to free it) and so
     /// that a restart forgets them: what was being sent is sent again.
     pub(super) leased: HashSet<i64>,
+    /// When SQLite last said the disk is full.
     pub(super) last_full: u64,
+    /// When the reserve file was last written again.
     pub(super) last_reserve_try: u64,
     /// Acks and reschedules whose transaction failed (a full disk): their rows stay leased, so
     /// they are not sent again, and the writes are retried until they commit.
@@ -49,6 +58,7 @@ pub(super) struct Db {
     pub(super) failed_reschedules: Vec<Reschedule>,
     /// Last free-space check: (checked at, appends allowed).
     pub(super) space: (u64, bool),
+    /// Free space is within a few watermarks of the limit: check it on every group of appends.
     pub(super) space_tight: bool,
     /// Records appended and not yet leased, so that dispatch gets them without reading the body
     /// back from the database (the common case: dispatch is milliseconds behind ingest).

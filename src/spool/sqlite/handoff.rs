@@ -29,7 +29,9 @@ pub(super) type Answers = (Vec<(Cmd, Out)>, bool);
 /// and the runtime thread answers the callers: one cross-thread wake-up (an `eventfd` write on
 /// a current-thread runtime) per tick instead of one per command.
 pub(super) struct Handoff {
+    /// The commands, in the order they were queued.
     pub(super) cmds: Vec<Cmd>,
+    /// Where the answers go back in one piece (`None`: answered one by one from the writer).
     pub(super) relay: Option<oneshot::Sender<Answers>>,
     /// The spool clock's time when the hand-off was sent (unix ms).
     pub(super) now: u64,

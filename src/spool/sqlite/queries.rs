@@ -22,19 +22,25 @@ use crate::spool::{Queued, Record, Reschedule, SpoolError};
 /// Side effects of a transaction, applied only once it committed (or undone if it did not).
 #[derive(Default)]
 pub(super) struct Pending {
+    /// Change in the row count.
     pub(super) dlen: i64,
+    /// Change in the body bytes.
     pub(super) dbytes: i64,
+    /// Body files written, removed again if the transaction does not commit.
     pub(super) written: Vec<PathBuf>,
+    /// Body files of deleted rows, removed once it commits.
     pub(super) to_delete: Vec<PathBuf>,
+    /// Rows dropped without delivery, to count and report.
     pub(super) dropped: Vec<Dropped>,
+    /// Rows read, leased once it commits.
     pub(super) lease_add: Vec<i64>,
+    /// Rows inserted (their records are cached at once, and evicted again on a rollback).
     pub(super) inserted: Vec<i64>,
     /// Rows deleted in this transaction, to be evicted from the record cache once it commits.
     pub(super) deleted: Vec<i64>,
     /// How many of them were not leased (dropped, expired, unreadable).
     pub(super) deleted_unleased: usize,
 }
-
 
 /// `BEGIN IMMEDIATE` with a cached statement (rusqlite's `Transaction` parses it on every call).
 pub(super) fn begin(conn: &Connection) -> rusqlite::Result<()> {
@@ -64,9 +70,9 @@ impl Db {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Inserts `records` within the byte bound: past it, drops the oldest waiting rows or refuses, as
 /// the full policy says (the inner result is the answer to the caller).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn append(
     tx: &Connection,
     opts: &SqliteOptions,
@@ -134,8 +140,8 @@ pub(super) fn insert_all<R: std::borrow::Borrow<Record>>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Leases up to `max` due rows (and about `max_bytes`) in the delivery order.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read(
     tx: &Connection,
     opts: &SqliteOptions,
@@ -153,8 +159,7 @@ pub(super) fn read(
     // query. Rows rescheduled earlier in this group wait for the next read, which the reschedule's
     // wake-up triggers. Acks only delete leased rows; drops or an earlier read in the group take
     // the query path.
-    if p.lease_add.is_empty() && p.deleted_unleased == 0 && cache.len() as u64 == unleased + p.inserted.len() as u64
-    {
+    if p.lease_add.is_empty() && p.deleted_unleased == 0 && cache.len() as u64 == unleased + p.inserted.len() as u64 {
         let taken = cache.take_in_order(opts.order, max, max_bytes, leased);
         p.lease_add.extend(taken.iter().map(|q| q.id as i64));
         return Ok(taken);
@@ -343,4 +348,3 @@ pub(super) fn expire(
     drop_where(tx, &opts.dir, leased, &sql, &[cutoff, report_cutoff], DropReason::TooOld, p)?;
     Ok(())
 }
-

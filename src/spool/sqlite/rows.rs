@@ -240,7 +240,10 @@ mod tests {
             assert_eq!(back.headers, r.headers);
             assert_eq!((&back.body, back.encoding, back.incompressible), (&r.body, r.encoding, r.incompressible));
             assert_eq!((back.project_id, &back.public_key, &back.event_id), (r.project_id, &r.public_key, &r.event_id));
-            assert_eq!((back.categories.0, &back.item_types, back.received_ms), (r.categories.0, &r.item_types, r.received_ms));
+            assert_eq!(
+                (back.categories.0, &back.item_types, back.received_ms),
+                (r.categories.0, &r.item_types, r.received_ms)
+            );
         }
         // A body file that is gone makes the row unreadable, not an empty record.
         std::fs::remove_file(&path).unwrap();

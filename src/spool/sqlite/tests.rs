@@ -153,7 +153,8 @@ async fn a_rescheduled_record_comes_back_at_its_due_time() {
 async fn records_past_the_age_bound_expire_into_a_client_report() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::tokio(BASE_MS);
-    let opts = SqliteOptions { clock, max_age: Duration::from_secs(60), ..options(dir.path(), DeliveryOrder::OldestFirst) };
+    let opts =
+        SqliteOptions { clock, max_age: Duration::from_secs(60), ..options(dir.path(), DeliveryOrder::OldestFirst) };
     let s = SqliteSpool::open(opts).unwrap();
     s.append(vec![event(b"old", clock.now_ms())]).await.unwrap();
     // Waiting for a retry, so neither leased (leased rows do not expire) nor read back.

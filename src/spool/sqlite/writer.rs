@@ -340,4 +340,3 @@ pub(super) fn to_spool_err(e: rusqlite::Error) -> SpoolError {
         SpoolError::Io(std::io::Error::other(e.to_string()))
     }
 }
-
