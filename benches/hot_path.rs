@@ -166,6 +166,7 @@ fn spool(c: &mut Criterion) {
             order: DeliveryOrder::OldestFirst,
             inline_limit: 1 << 20,
             max_page_count: None,
+            clock: sentry_sidecar::clock::Clock::system(),
         })
         .unwrap(),
     );

@@ -25,7 +25,6 @@ pub use memory::MemorySpool;
 pub use record::{Queued, Record};
 
 // For the files of this module that name them through `super`.
-use crate::clock::now_ms;
 use crate::protocol::Endpoint;
 use crate::routing::Target;
 pub use sqlite::{SqliteOptions, SqliteSpool};
@@ -124,6 +123,7 @@ impl SqliteOptions {
             order: cfg.delivery_order,
             inline_limit: 1024 * 1024,
             max_page_count: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 }

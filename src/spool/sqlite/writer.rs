@@ -1,0 +1,342 @@
+//! The writer thread: it takes whatever hand-offs are queued as one group, applies the group in
+//! one transaction, sends the answers back, then checkpoints if due.
+//!
+//! Failures are handled here too. A failed group is retried command by command, so that one
+//! failing append does not fail the acks that came with it. Failed acks and reschedules keep
+//! their rows leased (so nothing is sent again in a loop) and are retried until they commit. On a
+//! full disk the group is retried once after making room; a corrupt database is replaced.
+
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::db::Db;
+use super::handoff::{answer, Cmd, Handoff, Out};
+use super::queries::{ack, append, begin, commit, expire, insert_all, read, reschedule, rollback, Pending};
+use super::recovery::is_corruption;
+use super::space::is_disk_full;
+use super::{lock, Shared};
+use crate::spool::report;
+use crate::spool::SpoolError;
+
+/// The writer thread: applies hand-offs until the spool closes, then checkpoints the WAL away.
+/// `now` is the time the database was opened at.
+pub(super) fn run(mut db: Db, now: u64, rx: mpsc::Receiver<Handoff>, shared: Arc<Shared>, notify: Arc<Notify>) {
+    // The time of the last hand-off and when it came, to tell the time while idle: this thread
+    // reads no clock of the spool's (see `handoff`), so it counts on from the last time it had.
+    let mut last = (now, Instant::now());
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                db.checkpoint_if_due();
+                let idle = u64::try_from(last.1.elapsed().as_millis()).unwrap_or(u64::MAX / 4);
+                if db.retry_backlog(last.0.saturating_add(idle)) {
+                    db.publish(&shared);
+                    notify.notify_one();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        // Each hand-off's command count and relay, to send its answers back in one piece.
+        let mut senders = vec![(first.cmds.len(), first.relay)];
+        let mut group = first.cmds;
+        // The group goes by the latest time among its hand-offs.
+        let mut now = first.now;
+        while group.len() < 4096 {
+            match rx.try_recv() {
+                Ok(more) => {
+                    now = now.max(more.now);
+                    senders.push((more.cmds.len(), more.relay));
+                    group.extend(more.cmds);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut wake = group.iter().any(|c| matches!(c, Cmd::Append(..) | Cmd::Reschedule(..)));
+        last = (now, Instant::now());
+        db.apply(group, now, &shared);
+        // Client reports queued for drops are new work too.
+        wake |= std::mem::take(&mut db.queued_reports);
+        db.publish(&shared);
+        let mut answers = std::mem::take(&mut db.answers).into_iter();
+        for (n, relay) in senders {
+            let mine: Vec<(Cmd, Out)> = answers.by_ref().take(n).collect();
+            match relay {
+                Some(relay) => {
+                    // The relay's task notifies dispatch, so one wake-up serves both.
+                    if let Err((mine, _)) = relay.send((mine, std::mem::take(&mut wake))) {
+                        mine.into_iter().for_each(|(c, o)| answer(c, o));
+                    }
+                }
+                None => mine.into_iter().for_each(|(c, o)| answer(c, o)),
+            }
+        }
+        if wake {
+            notify.notify_one();
+        }
+        db.checkpoint_if_due();
+    }
+    // Checkpoint so the WAL does not have to be replayed at the next start.
+    let _ = db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+impl Db {
+    /// Retries failed acks and reschedules; returns whether they committed.
+    fn retry_backlog(&mut self, now: u64) -> bool {
+        if self.failed_acks.is_empty() && self.failed_reschedules.is_empty() {
+            return false;
+        }
+        let acks = std::mem::take(&mut self.failed_acks);
+        let rescheds = std::mem::take(&mut self.failed_reschedules);
+        let attempt = |db: &mut Db| -> Result<Pending, rusqlite::Error> {
+            let mut p = Pending::default();
+            let tx = &db.conn;
+            begin(tx)?;
+            let done =
+                ack(tx, &db.opts.dir, &acks, &mut p).and_then(|()| reschedule(tx, &rescheds)).and_then(|()| commit(tx));
+            if done.is_err() {
+                rollback(tx);
+            }
+            done.map(|()| p)
+        };
+        let result = match attempt(self) {
+            Err(e) if is_disk_full(&e) && self.make_room(now) => attempt(self),
+            other => other,
+        };
+        match result {
+            Ok(p) => {
+                for id in &acks {
+                    self.leased.remove(&(*id as i64));
+                }
+                for r in &rescheds {
+                    self.leased.remove(&(r.id as i64));
+                }
+                self.commit_effects(p);
+                tracing::info!(
+                    acks = acks.len(),
+                    reschedules = rescheds.len(),
+                    "spool writes that had failed are done"
+                );
+                if let Ok(d) = self.query_next_due(now) {
+                    self.next_due = d;
+                }
+                true
+            }
+            Err(_) => {
+                self.failed_acks = acks;
+                self.failed_reschedules = rescheds;
+                false
+            }
+        }
+    }
+
+    /// Applies a group at `now` in one transaction; if the transaction fails, each command is
+    /// retried on its own so that one failing append does not fail the acks that came with it.
+    fn apply(&mut self, group: Vec<Cmd>, now: u64, shared: &Shared) {
+        self.retry_backlog(now);
+        if group.iter().any(|c| matches!(c, Cmd::Append(..))) {
+            self.check_space(now, shared);
+        }
+        match self.run_making_room(&group, now) {
+            Ok((outs, pending)) => self.finish(group, outs, pending, shared),
+            Err(e) if group.len() > 1 && !is_corruption(&e) => {
+                for cmd in group {
+                    let single = vec![cmd];
+                    match self.run_making_room(&single, now) {
+                        Ok((outs, pending)) => self.finish(single, outs, pending, shared),
+                        Err(e) => self.fail(single, e, now, shared),
+                    }
+                }
+            }
+            Err(e) => self.fail(group, e, now, shared),
+        }
+        if let Ok(d) = self.query_next_due(now) {
+            self.next_due = d;
+        }
+        self.maybe_restore_reserve(now);
+    }
+
+    /// Runs a group; on a full disk, frees what it can and tries once more.
+    fn run_making_room(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
+        match self.run_group(group, now) {
+            Err(e) if is_disk_full(&e) && self.make_room(now) => self.run_group(group, now),
+            other => other,
+        }
+    }
+
+    /// After a commit: cache the appended records, apply the side effects, answer the callers.
+    fn finish(&mut self, group: Vec<Cmd>, outs: Vec<Out>, pending: Pending, shared: &Shared) {
+        self.commit_effects(pending);
+        self.clear_error_if_appended(&group, &outs, shared);
+        self.answers.extend(group.into_iter().zip(outs));
+    }
+
+    /// After a failed transaction: answer the group with the error, keep its acks and
+    /// reschedules for a retry, and recover if the database is corrupt.
+    fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, now: u64, shared: &Shared) {
+        tracing::error!(error = %e, "spool transaction failed");
+        // Failed acks and reschedules keep their rows leased (so nothing is sent again in a
+        // loop) and are retried until they commit; a restart in between means a resend, which
+        // Sentry deduplicates by event id.
+        for c in &group {
+            match c {
+                Cmd::Ack(ids, _) => self.failed_acks.extend(ids.iter().copied()),
+                Cmd::Reschedule(items, _) => self.failed_reschedules.extend(items.iter().copied()),
+                _ => {}
+            }
+        }
+        self.set_error(shared, Some(e.to_string()));
+        let corrupt = is_corruption(&e);
+        let outs = group.iter().map(|c| match c {
+            Cmd::Read { .. } => Out::Batch(Err(to_spool_err(clone_err(&e)))),
+            _ => Out::Unit(Err(to_spool_err(clone_err(&e)))),
+        });
+        let outs: Vec<Out> = outs.collect();
+        self.answers.extend(group.into_iter().zip(outs));
+        if corrupt {
+            self.recover_from_corruption(now, shared);
+        }
+    }
+
+    /// Readiness reports the last failed write until an append succeeds again.
+    fn clear_error_if_appended(&self, group: &[Cmd], outs: &[Out], shared: &Shared) {
+        let appended = group.iter().zip(outs).any(|(c, o)| matches!((c, o), (Cmd::Append(..), Out::Unit(Ok(())))));
+        if appended {
+            self.set_error(shared, None);
+        }
+    }
+
+    /// Sets (or clears) the error readiness reports.
+    pub(super) fn set_error(&self, shared: &Shared, e: Option<String>) {
+        // Disk-full is reported through the failing appends; readiness reflects any other error.
+        *lock(&shared.error) = e;
+    }
+
+    /// Applies a committed transaction's side effects to the writer's memory and the files.
+    fn commit_effects(&mut self, p: Pending) {
+        for id in &p.deleted {
+            self.cache.take(*id);
+        }
+        self.leased.extend(p.lease_add);
+        self.len = (self.len as i64 + p.dlen).max(0) as u64;
+        self.bytes = (self.bytes as i64 + p.dbytes).max(0) as u64;
+        for f in p.to_delete {
+            let _ = std::fs::remove_file(f);
+        }
+        drop(p.written);
+    }
+
+    /// Runs a group in one transaction (its drops' client reports included).
+    fn run_group(&mut self, group: &[Cmd], now: u64) -> Result<(Vec<Out>, Pending), rusqlite::Error> {
+        let mut pending = Pending::default();
+        // Rows committed and not leased when the group starts; the cache's fast path compares
+        // against this (acks in the group remove leases of rows it never counted).
+        let unleased = self.len.saturating_sub(self.leased.len() as u64);
+        let result = (|| {
+            let tx = &self.conn;
+            begin(tx)?;
+            let mut outs = Vec::with_capacity(group.len());
+            for cmd in group {
+                outs.push(match cmd {
+                    Cmd::Append(..) if !self.space.1 => Out::Unit(Err(SpoolError::DiskFull)),
+                    Cmd::Append(records, _) => {
+                        let first = pending.inserted.len();
+                        let out = append(
+                            tx,
+                            &self.opts,
+                            &self.leased,
+                            self.bytes,
+                            records,
+                            now,
+                            &mut pending,
+                            &mut self.file_seq,
+                        )?;
+                        // Cached right away (taken out again if the transaction rolls back), so
+                        // that a read later in this group can hand them out without a query.
+                        for (id, r) in pending.inserted[first..].iter().zip(records) {
+                            self.cache.insert(*id, r.clone());
+                        }
+                        Out::Unit(out)
+                    }
+                    Cmd::Read { max, max_bytes, now: at, .. } => {
+                        if now.saturating_sub(self.last_expire) >= 1000 {
+                            expire(tx, &self.opts, &self.leased, now, &mut pending)?;
+                        }
+                        Out::Batch(Ok(read(
+                            tx,
+                            &self.opts,
+                            unleased,
+                            &self.leased,
+                            &mut self.cache,
+                            *max,
+                            *max_bytes,
+                            *at,
+                            &mut pending,
+                        )?))
+                    }
+                    Cmd::Ack(ids, _) => {
+                        ack(tx, &self.opts.dir, ids, &mut pending)?;
+                        ids.iter().for_each(|i| {
+                            self.leased.remove(&(*i as i64));
+                        });
+                        Out::Unit(Ok(()))
+                    }
+                    Cmd::Reschedule(items, _) => {
+                        reschedule(tx, items)?;
+                        items.iter().for_each(|r| {
+                            self.leased.remove(&(r.id as i64));
+                        });
+                        Out::Unit(Ok(()))
+                    }
+                });
+            }
+            let reports = report::account(&std::mem::take(&mut pending.dropped), now);
+            if !reports.is_empty() {
+                insert_all(tx, &self.opts, &reports, now, &mut pending, &mut self.file_seq)?;
+                self.queued_reports = true;
+            }
+            commit(tx)?;
+            Ok(outs)
+        })();
+        if result.is_err() {
+            rollback(&self.conn);
+        }
+        match result {
+            Ok(outs) => {
+                if group.iter().any(|c| matches!(c, Cmd::Read { .. })) && now.saturating_sub(self.last_expire) >= 1000 {
+                    self.last_expire = now;
+                }
+                Ok((outs, pending))
+            }
+            Err(e) => {
+                for id in &pending.inserted {
+                    self.cache.take(*id);
+                }
+                for f in pending.written {
+                    let _ = std::fs::remove_file(f);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A copy of `e` for each caller of a failed group (`rusqlite::Error` is not `Clone`).
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, m) => rusqlite::Error::SqliteFailure(*f, m.clone()),
+        other => rusqlite::Error::InvalidParameterName(other.to_string()),
+    }
+}
+
+/// The caller's error for a failed transaction: a full disk stays recognisable as one.
+pub(super) fn to_spool_err(e: rusqlite::Error) -> SpoolError {
+    if is_disk_full(&e) {
+        SpoolError::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, e.to_string()))
+    } else {
+        SpoolError::Io(std::io::Error::other(e.to_string()))
+    }
+}
