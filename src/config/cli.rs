@@ -262,7 +262,10 @@ mod tests {
         );
         let argv = args(&["sentry-sidecar", "--durability=fast"]);
         let e = command().try_get_matches_from(&argv).unwrap_err();
-        assert_eq!(describe(&e, &cmd, &argv), "invalid value for --durability: `fast` is not one of process, power, memory");
+        assert_eq!(
+            describe(&e, &cmd, &argv),
+            "invalid value for --durability: `fast` is not one of process, power, memory"
+        );
         let argv = args(&["sentry-sidecar", "--lisen", "x"]);
         let e = command().try_get_matches_from(&argv).unwrap_err();
         let text = describe(&e, &cmd, &argv);
@@ -271,7 +274,8 @@ mod tests {
 
     #[test]
     fn flags_parse_into_options() {
-        let cli = parse(&args(&["sentry-sidecar", "--batch-size", "9", "--answer-429", "--compression", "none"])).unwrap();
+        let cli =
+            parse(&args(&["sentry-sidecar", "--batch-size", "9", "--answer-429", "--compression", "none"])).unwrap();
         assert_eq!(cli.batch_size, Some(9));
         assert_eq!(cli.answer_429, Some(true));
         assert_eq!(cli.compression, Some(Encoding::Identity));

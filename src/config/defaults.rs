@@ -46,3 +46,21 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
 pub(super) fn of(key: &str) -> Option<&'static str> {
     DEFAULTS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's configuration reference shows the same defaults as `--help`.
+    #[test]
+    fn readme_configuration_reference_shows_the_table() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (key, value) in DEFAULTS {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with("| `--") && l.contains(&format!(" / `{key}` |")))
+                .unwrap_or_else(|| panic!("{key} has no row in the README's configuration reference"));
+            assert!(row.contains(&format!("| `{value}` |")), "README row for {key} should show `{value}`: {row}");
+        }
+    }
+}

@@ -107,8 +107,7 @@ pub(super) struct RouteFile {
 
 /// Reads and parses the file at `path`.
 pub(super) fn read(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, path)
 }
 
@@ -123,7 +122,9 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> 
             None => ConfigError::Toml {
                 path: path.to_owned(),
                 message: match at {
-                    Some(at) => format!("line {}: {}", text.get(..at).unwrap_or(text).lines().count().max(1), e.message()),
+                    Some(at) => {
+                        format!("line {}: {}", text.get(..at).unwrap_or(text).lines().count().max(1), e.message())
+                    }
                     None => e.message().to_owned(),
                 },
             },
@@ -262,16 +263,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_its_place() {
-        assert_eq!(err("routes = [{ project = 1, upstreem = \"https://x\" }]"), "unknown configuration key `routes[0].upstreem`");
+        assert_eq!(
+            err("routes = [{ project = 1, upstreem = \"https://x\" }]"),
+            "unknown configuration key `routes[0].upstreem`"
+        );
         assert_eq!(
             err("[[routes]]\nkey = \"a\"\n[[routes]]\nproject = \"x\"\n"),
             "invalid value for `routes[1].project`: expected a numeric project id"
         );
         assert!(err("durability = \"fast\"").starts_with("invalid value for `durability`: unknown variant `fast`"));
         assert!(err("compression = \"identity\"").starts_with("invalid value for `compression`"));
-        assert!(err("tunnel_allow = [\"https://k@o1.ingest.sentry.io/4\", 5]").starts_with("invalid value for `tunnel_allow`"));
+        assert!(err("tunnel_allow = [\"https://k@o1.ingest.sentry.io/4\", 5]")
+            .starts_with("invalid value for `tunnel_allow`"));
         assert_eq!(err("answer_429 = \"maybe\""), "invalid value for `answer_429`: `maybe` is not true or false");
         assert_eq!(err("routes = 3").split(':').next(), Some("invalid value for `routes`"));
-        assert_eq!(err("a = 1\nlisten = \n"), "config file c.toml is not valid TOML: line 2: string values must be quoted, expected literal string");
+        assert_eq!(
+            err("a = 1\nlisten = \n"),
+            "config file c.toml is not valid TOML: line 2: string values must be quoted, expected literal string"
+        );
     }
 }

@@ -190,7 +190,9 @@ impl Config {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let upstream = r.upstream.ok_or_else(|| invalid(&format!("routes[{i}].upstream"), "every route needs an upstream"))?;
+                let upstream = r
+                    .upstream
+                    .ok_or_else(|| invalid(&format!("routes[{i}].upstream"), "every route needs an upstream"))?;
                 if r.project.is_none() && r.key.is_none() {
                     return Err(invalid(&format!("routes[{i}].project"), "a route needs a project, a key or both"));
                 }
