@@ -105,7 +105,22 @@ fn config_errors_are_one_line_and_name_the_key() {
     assert!(err.contains("--listen"), "{err}");
     let out = bin().env("SENTRY_SIDECAR_BATCH_SIZE", "zero").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("batch-size"));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("SENTRY_SIDECAR_BATCH_SIZE"));
+}
+
+/// A bad environment value is reported by the variable's name, which is what has to be fixed,
+/// and the same value given as the flag by the flag's.
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let out = bin().env("SENTRY_SIDECAR_GZIP_LEVEL", "11").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid value for SENTRY_SIDECAR_GZIP_LEVEL: "), "{err}");
+    assert!(!err.contains("--gzip-level"), "{err}");
+    let out = bin().env("SENTRY_SIDECAR_GZIP_LEVEL", "1").args(["--gzip-level", "11"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("invalid value for --gzip-level: "));
 }
 
 #[test]

@@ -11,11 +11,14 @@ mod encode;
 pub use decode::{codings, decode, decode_codings, gunzip_whole, gzip_isize, looks_like_zlib, DecodeError};
 pub use encode::{algorithm_for, compress, OFFLOAD_BYTES, ZSTD_MIN_BYTES};
 
-/// How a body is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// How a body is encoded (also the `compression` setting: `gzip`, `zstd` or `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// Not compressed (the `none` setting).
     #[default]
+    #[value(name = "none")]
+    #[serde(rename = "none")]
     Identity,
     /// gzip: every Sentry ingest endpoint accepts it.
     Gzip,

@@ -1,0 +1,374 @@
+//! Configuration: command-line flags, `SENTRY_SIDECAR_*` environment variables and a TOML file, with
+//! the precedence flag > env > file > default.
+//!
+//! Each source has its own file and derives what it can: `cli` is clap's (flags and environment,
+//! so `--help` documents both), `file` is serde's (unknown keys refused, every error naming its
+//! key), `defaults` is the one table of built-in values that both `--help` and the resolver read,
+//! and `values` holds the enums and the parsers all of them share. This file merges the sources
+//! and validates the result into [`Config`], what the rest of the crate consumes.
+
+mod cli;
+mod defaults;
+mod file;
+mod values;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use values::{DeliveryOrder, Durability, FullPolicy, LogFormat, RateLimitPolicy};
+
+use crate::codec::Encoding;
+use crate::protocol::Dsn;
+use crate::routing::{RouteRule, UpstreamUrl};
+use cli::Cli;
+use file::FileConfig;
+use values::*;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A bad flag or environment variable, in one line naming the flag or the variable.
+    #[error("{0}")]
+    Cli(String),
+    /// A key the sidecar does not know.
+    #[error("unknown configuration key `{0}`")]
+    UnknownKey(String),
+    /// A value that does not parse or is out of range.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The key as written in the file (`batch_size`, `routes[0].upstream`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), message: message.to_string() }
+}
+
+/// The built-in value of `key`, read from the defaults table with the setting's own parser.
+fn built_in<T>(key: &str, parse: fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    let text = defaults::of(key).ok_or_else(|| invalid(key, "has no built-in default"))?;
+    parse(text).map_err(|e| invalid(key, format!("built-in default: {e}")))
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Ingest listener (and admin endpoints unless `admin_listen` is set).
+    pub listen: SocketAddr,
+    /// Optional separate listener for /healthz, /readyz and /metrics.
+    pub admin_listen: Option<SocketAddr>,
+    /// Default upstream; `None` means capture mode for requests no route matches.
+    pub upstream: Option<UpstreamUrl>,
+    /// Per-project and per-key routes.
+    pub routes: Vec<RouteRule>,
+    /// Directory for the spool and the capture file.
+    pub spool_dir: PathBuf,
+    /// Extra PEM root certificates trusted for upstream TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Path of the browser tunnel endpoint.
+    pub tunnel_path: String,
+    /// DSNs the tunnel may forward to; empty turns the tunnel off.
+    pub tunnel_allow: Vec<Dsn>,
+    /// Outbound compression.
+    pub compression: Encoding,
+    /// gzip level, 0-9.
+    pub gzip_level: u32,
+    /// Largest request body accepted on the wire.
+    pub max_request_bytes: usize,
+    /// Largest body after content decoding.
+    pub max_decoded_bytes: usize,
+    /// Inbound connection cap.
+    pub max_connections: usize,
+    /// Upstream TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream whole-request timeout.
+    pub request_timeout: Duration,
+    /// Close idle pooled upstream connections after this long.
+    pub pool_idle_timeout: Duration,
+    /// Upstream requests in flight per upstream when it speaks HTTP/2 (one connection).
+    pub h2_concurrency: usize,
+    /// Upstream connections (= requests in flight) per upstream when it speaks HTTP/1.1.
+    pub h1_connections: usize,
+    /// Envelopes read from the spool per batch.
+    pub batch_size: usize,
+    /// First retry delay after a transient failure.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_timeout: Duration,
+    /// Async runtime threads: 1 (the default) runs ingest and dispatch on one thread, more use a
+    /// work-stealing pool. The spool's writer always has a thread of its own.
+    pub worker_threads: usize,
+    /// Durability of acknowledged envelopes.
+    pub durability: Durability,
+    /// Byte bound of the spool.
+    pub spool_max_bytes: u64,
+    /// Age bound of the spool.
+    pub spool_max_age: Duration,
+    /// What a full spool does.
+    pub spool_full_policy: FullPolicy,
+    /// Delivery order.
+    pub delivery_order: DeliveryOrder,
+    /// RAM tier size with `durability = memory`.
+    pub memory_spool_bytes: u64,
+    /// What rate-limited envelopes do.
+    pub rate_limit_policy: RateLimitPolicy,
+    /// Longest an envelope is held for a rate limit before it is dropped.
+    pub max_hold: Duration,
+    /// Answer SDKs 429 while their categories are rate limited upstream.
+    pub answer_429: bool,
+    /// Envelopes per second while draining a backlog after an outage (0 = unpaced).
+    pub drain_rate: u32,
+    /// How long an upstream may fail with only transient errors before its circuit opens.
+    pub circuit_grace: Duration,
+    /// Log format for `main`.
+    pub log_format: LogFormat,
+    /// Log filter for `main` (`info`, `sentry_sidecar=debug`, ...).
+    pub log_level: String,
+}
+
+impl Config {
+    /// A configuration with every default, listening on `listen`: the base for tests and embedding.
+    pub fn with_defaults(listen: SocketAddr, spool_dir: PathBuf) -> Config {
+        // The defaults table is checked by the unit tests below.
+        let mut c = Config::resolve(Cli::default(), FileConfig::default()).expect("built-in defaults are valid");
+        c.listen = listen;
+        c.spool_dir = spool_dir;
+        c
+    }
+
+    /// Reads flags and environment from the process, then the config file, and validates.
+    pub fn load() -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let cli = cli::parse(&args)?;
+        let file = match &cli.config {
+            Some(path) => file::read(path)?,
+            None => FileConfig::default(),
+        };
+        Config::resolve(cli, file)
+    }
+
+    /// Parses a TOML document as a config file would be (for tests and `--config`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::resolve(Cli::default(), file::parse(text, Path::new("<inline>"))?)
+    }
+
+    fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        macro_rules! pick {
+            ($key:ident, $parse:expr) => {
+                match cli.$key.or(file.$key) {
+                    Some(v) => v,
+                    None => built_in(stringify!($key), $parse)?,
+                }
+            };
+        }
+        let routes = file
+            .routes
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let upstream = r
+                    .upstream
+                    .ok_or_else(|| invalid(&format!("routes[{i}].upstream"), "every route needs an upstream"))?;
+                if r.project.is_none() && r.key.is_none() {
+                    return Err(invalid(&format!("routes[{i}].project"), "a route needs a project, a key or both"));
+                }
+                Ok(RouteRule { project: r.project, key: r.key, upstream })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_request_bytes = pick!(max_request_bytes, parse_size);
+        let max_decoded_bytes = pick!(max_decoded_bytes, parse_size);
+        let retry_initial = pick!(retry_initial, parse_duration);
+        let retry_max = pick!(retry_max, parse_duration);
+        if retry_initial > retry_max {
+            return Err(invalid("retry_initial", "must not be larger than retry_max"));
+        }
+        if max_request_bytes > max_decoded_bytes {
+            return Err(invalid("max_request_bytes", "must not be larger than max_decoded_bytes"));
+        }
+        Ok(Config {
+            listen: pick!(listen, parse_addr),
+            admin_listen: cli.admin_listen.or(file.admin_listen),
+            upstream: cli.upstream.or(file.upstream),
+            routes,
+            spool_dir: pick!(spool_dir, |s| Ok(PathBuf::from(s))),
+            ca_file: cli.ca_file.or(file.ca_file),
+            tunnel_path: pick!(tunnel_path, parse_tunnel_path),
+            tunnel_allow: cli.tunnel_allow.or(file.tunnel_allow).unwrap_or_default(),
+            compression: pick!(compression, parse_enum),
+            gzip_level: pick!(gzip_level, parse_gzip_level),
+            max_request_bytes,
+            max_decoded_bytes,
+            max_connections: pick!(max_connections, parse_count),
+            connect_timeout: pick!(connect_timeout, parse_duration),
+            request_timeout: pick!(request_timeout, parse_duration),
+            pool_idle_timeout: pick!(pool_idle_timeout, parse_duration),
+            h2_concurrency: pick!(h2_concurrency, parse_count),
+            h1_connections: pick!(h1_connections, parse_count),
+            batch_size: pick!(batch_size, parse_count),
+            retry_initial,
+            retry_max,
+            shutdown_timeout: pick!(shutdown_timeout, parse_duration),
+            worker_threads: pick!(worker_threads, parse_count),
+            durability: pick!(durability, parse_enum),
+            spool_max_bytes: pick!(spool_max_bytes, parse_size) as u64,
+            spool_max_age: pick!(spool_max_age, parse_duration),
+            spool_full_policy: pick!(spool_full_policy, parse_enum),
+            delivery_order: pick!(delivery_order, parse_enum),
+            memory_spool_bytes: pick!(memory_spool_bytes, parse_size) as u64,
+            rate_limit_policy: pick!(rate_limit_policy, parse_enum),
+            max_hold: pick!(max_hold, parse_duration),
+            answer_429: pick!(answer_429, parse_bool),
+            drain_rate: pick!(drain_rate, parse_rate),
+            circuit_grace: pick!(circuit_grace, parse_duration),
+            log_format: pick!(log_format, parse_enum),
+            log_level: pick!(log_level, parse_text),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.spool_dir, PathBuf::from("./sentry-sidecar-data"));
+        assert_eq!(c.upstream, None);
+        assert_eq!(c.compression, Encoding::Gzip);
+        assert_eq!(c.worker_threads, 1);
+        assert!(c.tunnel_allow.is_empty());
+    }
+
+    #[test]
+    fn file_values_and_routes() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:4000"
+            upstream = "https://o1.ingest.sentry.io/"
+            request_timeout = "2s"
+            max_request_bytes = "1MiB"
+            batch_size = 10
+            worker_threads = 2
+            tunnel_allow = ["https://abc@o1.ingest.sentry.io/42"]
+            [[routes]]
+            project = 7
+            upstream = "https://sentry.example.com/prefix/"
+            [[routes]]
+            key = "abc"
+            upstream = "http://127.0.0.1:9000"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 4000);
+        assert_eq!(c.upstream.as_ref().unwrap().as_str(), "https://o1.ingest.sentry.io");
+        assert_eq!(c.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_request_bytes, 1024 * 1024);
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.worker_threads, 2);
+        assert_eq!(c.tunnel_allow[0].project_id, 42);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].upstream.as_str(), "https://sentry.example.com/prefix");
+        assert_eq!(c.routes[1].key.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert_eq!(msg("listn = \"x\""), "unknown configuration key `listn`");
+        assert!(msg("listen = \"nope\"").starts_with("invalid value for `listen`"));
+        assert!(msg("batch_size = 0").starts_with("invalid value for `batch_size`"));
+        assert!(msg("upstream = \"ftp://x\"").starts_with("invalid value for `upstream`"));
+        assert!(msg("request_timeout = \"soon\"").starts_with("invalid value for `request_timeout`"));
+        assert!(msg("[[routes]]\nproject = 1\n").starts_with("invalid value for `routes[0].upstream`"));
+        assert_eq!(
+            msg("[[routes]]\nproject = 1\nupstream = \"https://x\"\nfoo = 1\n"),
+            "unknown configuration key `routes[0].foo`"
+        );
+        assert!(msg("tunnel_allow = [\"nope\"]").starts_with("invalid value for `tunnel_allow`"));
+        assert!(msg("listen = [1]").contains("listen"));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = file::parse("batch_size = 5\nlisten = \"127.0.0.1:5000\"", Path::new("c.toml")).unwrap();
+        let cli = cli::parse(&["sentry-sidecar".into(), "--batch-size".into(), "9".into()]).unwrap();
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.batch_size, 9, "flag wins over file");
+        assert_eq!(c.listen.port(), 5000, "file wins over default");
+    }
+
+    /// The table gives what the code used before it existed, value for value.
+    #[test]
+    fn defaults_table_gives_the_built_in_values() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 3000)));
+        assert_eq!(c.spool_dir, PathBuf::from("./sentry-sidecar-data"));
+        assert_eq!(c.tunnel_path, "/tunnel");
+        assert_eq!(c.compression, Encoding::Gzip);
+        assert_eq!(c.gzip_level, 1);
+        assert_eq!(c.max_request_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.max_decoded_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.pool_idle_timeout, Duration::from_secs(50));
+        assert_eq!(c.h2_concurrency, 64);
+        assert_eq!(c.h1_connections, 4);
+        assert_eq!(c.batch_size, 256);
+        assert_eq!(c.retry_initial, Duration::from_secs(1));
+        assert_eq!(c.retry_max, Duration::from_secs(300));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.worker_threads, 1);
+        assert_eq!(c.durability, Durability::Process);
+        assert_eq!(c.spool_max_bytes, 1024 * 1024 * 1024);
+        assert_eq!(c.spool_max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(c.spool_full_policy, FullPolicy::DropOldest);
+        assert_eq!(c.delivery_order, DeliveryOrder::OldestFirst);
+        assert_eq!(c.memory_spool_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.rate_limit_policy, RateLimitPolicy::Hold);
+        assert_eq!(c.max_hold, Duration::from_secs(3600));
+        assert!(!c.answer_429);
+        assert_eq!(c.drain_rate, 1000);
+        assert_eq!(c.circuit_grace, Duration::from_secs(5));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_level, "info");
+        assert_eq!((c.admin_listen, c.upstream.is_none(), c.ca_file.is_none()), (None, true, true));
+    }
+
+    /// Writing each table value into the file changes nothing: the table's text means, through
+    /// the file's parsers, exactly what `from_toml("")` resolves.
+    #[test]
+    fn each_table_value_written_in_the_file_is_the_default() {
+        let base = format!("{:?}", Config::from_toml("").unwrap());
+        for (key, value) in defaults::DEFAULTS {
+            let c = Config::from_toml(&format!("{key} = {value:?}")).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(format!("{c:?}"), base, "{key} = {value:?}");
+        }
+    }
+}
