@@ -14,6 +14,14 @@
 //! Each upstream also starts with a single slot, so the first request opens one connection and
 //! learns by ALPN whether the upstream speaks HTTP/2; only then does it widen, to `h2_concurrency`
 //! streams over that one connection, or `h1_connections` keep-alive connections.
+//!
+//! This file holds the loop and the side effects (spool, metrics, logs, the rate-limit table);
+//! the decisions live beside it, free of that state, so they are tested without a network or a
+//! clock:
+//! `circuit` (when to stop and probe), `pacer` (the drain's token bucket), `decide` (what a
+//! delivery asks of the spool), `request` (a record as the request the transport sends) and
+//! [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
+//! tests run on tokio's paused clock.
 
 mod backoff;
 mod circuit;
@@ -114,6 +122,7 @@ impl DispatchConfig {
     }
 }
 
+/// A duration in milliseconds, saturating far below `u64::MAX` so that `now + ms(d)` cannot overflow.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
 }

@@ -3,7 +3,7 @@
 //!
 //! It knows nothing of the spool: dispatch builds each [`Request`] (headers, body and its
 //! encoding), and this module only sends it, times it out and turns every answer or error into an
-//! [`Outcome`] with [`classify`], a pure function the dispatcher and the tests call directly.
+//! [`Outcome`] with [`classify()`], a pure function the dispatcher and the tests call directly.
 
 mod classify;
 mod client;
