@@ -198,6 +198,7 @@ impl Sidecar {
             limits,
             routes,
             DispatchConfig::from_config(&cfg),
+            crate::clock::Clock::system(),
         ));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx));
         admin.set_ready(true);

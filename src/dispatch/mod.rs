@@ -14,8 +14,20 @@
 //! Each upstream also starts with a single slot, so the first request opens one connection and
 //! learns by ALPN whether the upstream speaks HTTP/2; only then does it widen, to `h2_concurrency`
 //! streams over that one connection, or `h1_connections` keep-alive connections.
+//!
+//! This file holds the loop and the side effects (spool, metrics, logs, the rate-limit table);
+//! the decisions live beside it, free of that state, so they are tested without a network or a
+//! clock:
+//! `circuit` (when to stop and probe), `pacer` (the drain's token bucket), `decide` (what a
+//! delivery asks of the spool), `request` (a record as the request the transport sends) and
+//! [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
+//! tests run on tokio's paused clock.
 
 mod backoff;
+mod circuit;
+mod decide;
+mod pacer;
+mod request;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,19 +37,25 @@ use dashmap::DashMap;
 use metrics::{counter, gauge};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 pub use backoff::backoff;
 
+use self::circuit::{Admit, Change, Circuit, Timing};
+use self::decide::{decide, Policy, Settle, Verdict};
+use self::pacer::Pacer;
+use self::request::Compression;
 use crate::capture::Capture;
-use crate::clock::now_ms;
+use crate::clock::Clock;
+use crate::codec::Encoding;
 use crate::config::{Config, RateLimitPolicy};
 use crate::limits::{RateLimits, Scoping};
 use crate::protocol::Endpoint;
 use crate::routing::{Routes, Target, UpstreamUrl};
-use crate::spool::report::{self, DropReason, Dropped};
+use crate::spool::report;
 use crate::spool::{Queued, Record, Reschedule, Spool};
 use crate::telemetry as t;
-use crate::upstream::{Outcome, UpstreamClient};
+use crate::upstream::{Attempt, Outcome, UpstreamClient};
 
 /// Dispatch settings, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -64,6 +82,10 @@ pub struct DispatchConfig {
     pub drain_rate: u32,
     /// Transient failures for this long open the circuit.
     pub circuit_grace: Duration,
+    /// Outbound compression.
+    pub compression: Encoding,
+    /// The gzip level.
+    pub gzip_level: u32,
 }
 
 impl DispatchConfig {
@@ -81,27 +103,28 @@ impl DispatchConfig {
             max_hold: c.max_hold,
             drain_rate: c.drain_rate,
             circuit_grace: c.circuit_grace,
+            compression: c.compression,
+            gzip_level: c.gzip_level,
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing { grace: self.circuit_grace, retry_initial: self.retry_initial, retry_max: self.retry_max }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            rate_limit: self.rate_limit_policy,
+            max_hold: self.max_hold,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
         }
     }
 }
 
+/// A duration in milliseconds, saturating far below `u64::MAX` so that `now + ms(d)` cannot overflow.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
-}
-
-#[derive(Default)]
-struct Circuit {
-    failing_since: Option<u64>,
-    open: bool,
-    probe_at: u64,
-    probe_attempt: u32,
-    probing: bool,
-    held: Vec<u64>,
-}
-
-enum Admit {
-    Send,
-    Hold(u64),
 }
 
 /// Per-upstream state: concurrency slots and the circuit.
@@ -113,8 +136,13 @@ struct UpstreamState {
 }
 
 impl UpstreamState {
-    fn new(name: UpstreamUrl) -> UpstreamState {
-        UpstreamState { name, slots: Semaphore::new(1), widened: AtomicBool::new(false), circuit: Mutex::default() }
+    fn new(name: UpstreamUrl, timing: Timing) -> UpstreamState {
+        UpstreamState {
+            name,
+            slots: Semaphore::new(1),
+            widened: AtomicBool::new(false),
+            circuit: Mutex::new(Circuit::new(timing)),
+        }
     }
 
     fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
@@ -128,119 +156,37 @@ impl UpstreamState {
         }
     }
 
-    fn admit(&self, id: u64, now: u64, cfg: &DispatchConfig) -> Admit {
-        let mut c = self.circuit();
-        if !c.open {
-            return Admit::Send;
-        }
-        if c.probing || now < c.probe_at {
-            c.held.push(id);
-            return Admit::Hold(c.probe_at.max(now + ms(cfg.retry_initial)));
-        }
-        c.probing = true;
-        Admit::Send
+    fn admit(&self, id: u64, now: u64) -> Admit {
+        self.circuit().admit(id, now)
     }
 
-    /// Feeds an attempt's result to the circuit; returns the held records to release if it closed.
-    fn observe(&self, transient: bool, now: u64, cfg: &DispatchConfig) -> Option<Vec<u64>> {
-        let mut c = self.circuit();
-        if !transient {
-            c.failing_since = None;
-            if c.open {
-                c.open = false;
-                c.probing = false;
-                c.probe_attempt = 0;
-                gauge!(t::CIRCUIT_OPEN, "upstream" => self.name.as_str().to_owned()).set(0.0);
-                tracing::info!(
-                    upstream = self.name.as_str(),
-                    "upstream answers again; circuit closed, draining the backlog"
+    /// Feeds an attempt's outcome to the circuit, reports a change; returns the held records to
+    /// release if it closed.
+    fn observe(&self, outcome: &Outcome, now: u64) -> Option<Vec<u64>> {
+        let change = self.circuit().observe(outcome, now)?;
+        let upstream = self.name.as_str();
+        match change {
+            Change::Opened { failing_for_ms } => {
+                gauge!(t::CIRCUIT_OPEN, "upstream" => upstream.to_owned()).set(1.0);
+                tracing::warn!(
+                    upstream,
+                    failing_for_ms,
+                    "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
                 );
-                return Some(std::mem::take(&mut c.held));
+                None
             }
-            return None;
+            Change::Closed { held } => {
+                gauge!(t::CIRCUIT_OPEN, "upstream" => upstream.to_owned()).set(0.0);
+                tracing::info!(upstream, "upstream answers again; circuit closed, draining the backlog");
+                Some(held)
+            }
         }
-        if c.open {
-            c.probing = false;
-            c.probe_attempt = c.probe_attempt.saturating_add(1);
-            c.probe_at = now + ms(backoff(c.probe_attempt, cfg.retry_initial, cfg.retry_max));
-            return None;
-        }
-        let since = *c.failing_since.get_or_insert(now);
-        if now.saturating_sub(since) >= ms(cfg.circuit_grace) {
-            c.open = true;
-            c.probe_attempt = 0;
-            c.probe_at = now + ms(backoff(0, cfg.retry_initial, cfg.retry_max));
-            gauge!(t::CIRCUIT_OPEN, "upstream" => self.name.as_str().to_owned()).set(1.0);
-            tracing::warn!(
-                upstream = self.name.as_str(),
-                failing_for_ms = now - since,
-                "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
-            );
-        }
-        None
     }
 
     fn is_open(&self) -> bool {
-        self.circuit().open
+        self.circuit().is_open()
     }
 }
-
-/// Paces sends while a backlog drains after an outage (or at start with a backlog).
-struct Pacer {
-    rate: u32,
-    active: bool,
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-impl Pacer {
-    fn new(rate: u32) -> Pacer {
-        Pacer { rate, active: false, tokens: 0.0, last: std::time::Instant::now() }
-    }
-
-    fn start(&mut self) {
-        if self.rate > 0 && !self.active {
-            self.active = true;
-            self.tokens = 0.0;
-            self.last = std::time::Instant::now();
-        }
-    }
-
-    /// How many sends may start now (usize::MAX when unpaced).
-    fn available(&mut self) -> usize {
-        if !self.active {
-            return usize::MAX;
-        }
-        let now = std::time::Instant::now();
-        let burst = (f64::from(self.rate) / 10.0).max(1.0);
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * f64::from(self.rate)).min(burst);
-        self.last = now;
-        self.tokens.floor() as usize
-    }
-
-    fn spend(&mut self, n: usize) {
-        if self.active {
-            self.tokens -= n as f64;
-        }
-    }
-
-    fn next_token(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1)))
-    }
-}
-
-/// What a finished delivery asks of the spool.
-enum Settle {
-    /// Delivered, or rejected for good: remove.
-    Ack(u64),
-    /// Try again at this time; `bool`: counts as a failed attempt.
-    Retry(u64, u64, bool),
-    /// Dropped by the sidecar's policy: remove, count and report.
-    Drop(u64, Box<Dropped>),
-}
-
-/// Failed attempts after which a refused envelope waits its backoff instead of going again at once.
-const REFUSED_AT_ONCE: u32 = 3;
 
 /// The dispatcher.
 pub struct Dispatcher {
@@ -251,11 +197,15 @@ pub struct Dispatcher {
     limits: Arc<RateLimits>,
     recovered: AtomicBool,
     cfg: DispatchConfig,
+    policy: Policy,
+    compression: Compression,
     routes: Arc<Routes>,
+    clock: Clock,
 }
 
 impl Dispatcher {
     /// A dispatcher over `spool`; `client` is `None` when every record goes to the capture sink.
+    /// `clock` gives every due time and age (the system's, or tokio's in timing tests).
     pub fn new(
         spool: Arc<dyn Spool>,
         client: Option<Arc<UpstreamClient>>,
@@ -263,6 +213,7 @@ impl Dispatcher {
         limits: Arc<RateLimits>,
         routes: Arc<Routes>,
         cfg: DispatchConfig,
+        clock: Clock,
     ) -> Dispatcher {
         Dispatcher {
             spool,
@@ -271,8 +222,11 @@ impl Dispatcher {
             upstreams: DashMap::new(),
             limits,
             recovered: AtomicBool::new(false),
+            policy: cfg.policy(),
+            compression: Compression { encoding: cfg.compression, level: cfg.gzip_level },
             cfg,
             routes,
+            clock,
         }
     }
 
@@ -281,26 +235,26 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let notify = self.spool.notify();
         let mut tasks: JoinSet<Settle> = JoinSet::new();
-        let mut pacer = Pacer::new(self.cfg.drain_rate);
+        let mut pacer = Pacer::new(self.cfg.drain_rate, Instant::now());
         if self.spool.len() as usize > self.cfg.batch_size {
-            pacer.start();
+            pacer.start(Instant::now());
         }
-        let mut last_prune = now_ms();
+        let mut last_prune = self.clock.now_ms();
         // Set when everything just read was held back by an open circuit: reading again before
         // then would only lease and hold the next fresh envelopes (a spool write each), however
         // fast the held deliveries settle.
-        let mut blocked_until: Option<tokio::time::Instant> = None;
+        let mut blocked_until: Option<Instant> = None;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
             if self.recovered.swap(false, Ordering::AcqRel) {
-                pacer.start();
+                pacer.start(Instant::now());
                 blocked_until = None;
             }
-            if pacer.active && self.spool.len() as usize <= self.cfg.batch_size {
-                pacer.active = false;
+            if pacer.is_active() && self.spool.len() as usize <= self.cfg.batch_size {
+                pacer.stop();
             }
             let mut room = self.cfg.max_in_flight.saturating_sub(tasks.len()).min(self.cfg.batch_size);
             if room < (self.cfg.max_in_flight / 4).max(1) && !tasks.is_empty() {
@@ -309,13 +263,13 @@ impl Dispatcher {
                 // under load tiny reads cost the writer more than the deliveries they feed.
                 room = 0;
             }
-            let blocked = blocked_until.is_some_and(|t| t > tokio::time::Instant::now());
-            let allowed = if blocked { 0 } else { room.min(pacer.available()) };
+            let blocked = blocked_until.is_some_and(|t| t > Instant::now());
+            let allowed = if blocked { 0 } else { room.min(pacer.available(Instant::now())) };
             let mut wait = None;
             if blocked {
-                wait = blocked_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now()));
+                wait = blocked_until.map(|t| t.saturating_duration_since(Instant::now()));
             } else if allowed > 0 {
-                match self.spool.read_batch(allowed, 8 * 1024 * 1024, now_ms()).await {
+                match self.spool.read_batch(allowed, 8 * 1024 * 1024, self.clock.now_ms()).await {
                     Ok(batch) => {
                         pacer.spend(batch.len());
                         let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
@@ -326,7 +280,7 @@ impl Dispatcher {
                             // Everything due is waiting on an open circuit: stop reading until
                             // the probe answers or the next probe time, instead of churning.
                             wait = Some(self.cfg.retry_initial);
-                            blocked_until = Some(tokio::time::Instant::now() + self.cfg.retry_initial);
+                            blocked_until = Some(Instant::now() + self.cfg.retry_initial);
                         }
                     }
                     Err(e) => {
@@ -337,7 +291,7 @@ impl Dispatcher {
             } else if room > 0 {
                 wait = Some(pacer.next_token());
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             if now.saturating_sub(last_prune) > 60_000 {
                 self.limits.prune(now);
                 last_prune = now;
@@ -361,7 +315,7 @@ impl Dispatcher {
                 _ = shutdown.changed() => break,
             }
         }
-        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        let deadline = Instant::now() + self.cfg.shutdown_timeout;
         let mut settled = Vec::new();
         while !tasks.is_empty() {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -391,12 +345,14 @@ impl Dispatcher {
         let mut acks = Vec::new();
         let mut retries = Vec::new();
         let mut drops = Vec::new();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for d in done {
             match d {
-                Ok(Settle::Ack(id)) => acks.push(id),
-                Ok(Settle::Retry(id, due_ms, count_attempt)) => retries.push(Reschedule { id, due_ms, count_attempt }),
-                Ok(Settle::Drop(id, dropped)) => {
+                Ok(Settle::Ack { id }) => acks.push(id),
+                Ok(Settle::Retry { id, due_ms, count_attempt }) => {
+                    retries.push(Reschedule { id, due_ms, count_attempt })
+                }
+                Ok(Settle::Drop { id, dropped }) => {
                     acks.push(id);
                     drops.push(*dropped);
                 }
@@ -430,7 +386,8 @@ impl Dispatcher {
         if let Some(l) = self.upstreams.get(url) {
             return l.clone();
         }
-        self.upstreams.entry(url.clone()).or_insert_with(|| Arc::new(UpstreamState::new(url.clone()))).clone()
+        let timing = self.cfg.timing();
+        self.upstreams.entry(url.clone()).or_insert_with(|| Arc::new(UpstreamState::new(url.clone(), timing))).clone()
     }
 
     /// Where a record goes now: tunnel records keep their DSN's host; everything else follows the
@@ -443,65 +400,108 @@ impl Dispatcher {
         }
     }
 
+    /// Delivers one leased record and says what the spool should do with it.
     async fn deliver(self: Arc<Self>, q: Queued) -> Settle {
-        let rec = &q.record;
-        let target = self.target_of(rec);
-        let url = match &target {
-            Target::Capture => {
-                return match self.capture.write(rec).await {
-                    Ok(()) => {
-                        counter!(t::FORWARDED, "outcome" => "captured").increment(1);
-                        Settle::Ack(q.id)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, path = %self.capture.path().display(), "capture write failed");
-                        self.retry(&q, "transient", None)
-                    }
-                };
-            }
-            Target::Upstream(url) => url,
+        let verdict = match self.target_of(&q.record) {
+            Target::Capture => self.capture(&q.record).await,
+            Target::Upstream(url) => self.send(&q, &url).await,
         };
+        let settle = decide(verdict, &q, &self.policy, self.clock.now_ms());
+        match (&settle, verdict) {
+            (Settle::Retry { .. }, v) => {
+                if let Some(reason) = v.retry_reason() {
+                    counter!(t::RETRIES, "reason" => reason).increment(1);
+                }
+            }
+            (Settle::Ack { .. }, Verdict::UpstreamLimited { .. }) => {
+                // Sentry counted what it answered 429 to: count it here, report nothing.
+                for c in q.record.categories.iter() {
+                    counter!(t::DROPPED, "reason" => "upstream_rate_limited", "category" => c.name()).increment(1);
+                }
+            }
+            _ => {}
+        }
+        settle
+    }
+
+    async fn capture(&self, rec: &Record) -> Verdict {
+        match self.capture.write(rec).await {
+            Ok(()) => {
+                counter!(t::FORWARDED, "outcome" => "captured").increment(1);
+                Verdict::Delivered
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.capture.path().display(), "capture write failed");
+                Verdict::Failed
+            }
+        }
+    }
+
+    /// Passes the record through the rate-limit table and the circuit, sends it if both let it,
+    /// and feeds the answer back to them.
+    async fn send(&self, q: &Queued, url: &UpstreamUrl) -> Verdict {
+        let rec = &q.record;
         let Some(client) = &self.client else {
             // Unreachable by construction (a client exists whenever a target is an upstream), but
             // never drop data over it.
-            return self.retry(&q, "transient", None);
+            return Verdict::Failed;
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let scoping = Scoping { upstream: url, project: rec.project_id, key: &rec.public_key };
         if let Some(until) = self.limits.blocked_until(scoping, rec.categories, now) {
-            return self.rate_limited(&q, until, now);
+            for c in rec.categories.iter() {
+                counter!(t::RATE_LIMITED, "category" => c.name()).increment(1);
+            }
+            return Verdict::Limited { until };
         }
         let state = self.upstream(url);
-        if let Admit::Hold(until) = state.admit(q.id, now, &self.cfg) {
-            return Settle::Retry(q.id, until, false);
+        if let Admit::Hold(until) = state.admit(q.id, now) {
+            return Verdict::Held { until };
         }
         let Ok(_slot) = state.slots.acquire().await else {
-            return self.retry(&q, "transient", None);
+            return Verdict::Failed;
         };
-        let hot = t::hot();
-        hot.in_flight.increment(1.0);
-        let started = std::time::Instant::now();
-        let elapsed = Duration::from_millis(now_ms().saturating_sub(rec.received_ms));
-        let attempt = client.send(url, rec, elapsed).await;
-        hot.in_flight.decrement(1.0);
-        hot.upstream_latency.record(started.elapsed().as_secs_f64());
-        hot.upstream_bytes.increment(attempt.sent_bytes as u64);
+        let attempt = self.exchange(client, rec, url).await;
         if let Some(v) = attempt.version {
             state.widen(v, &self.cfg);
         }
-        let now = now_ms();
-        let transient = matches!(attempt.outcome, Outcome::Transient { .. });
-        // A refusal says nothing about the upstream's health either way: the circuit stays as is.
-        let released = match attempt.outcome {
-            Outcome::Refused { .. } => None,
-            _ => state.observe(transient, now, &self.cfg),
+        let now = self.clock.now_ms();
+        let released = state.observe(&attempt.outcome, now);
+        let verdict = self.verdict(attempt.outcome, scoping, q, now);
+        if let Some(held) = released {
+            self.release(held, q.id).await;
+        }
+        verdict
+    }
+
+    /// Builds the request and sends it, counted as in flight and timed.
+    async fn exchange(&self, client: &UpstreamClient, rec: &Record, url: &UpstreamUrl) -> Attempt {
+        let hot = t::hot();
+        hot.in_flight.increment(1.0);
+        let started = std::time::Instant::now();
+        let elapsed = Duration::from_millis(self.clock.now_ms().saturating_sub(rec.received_ms));
+        let attempt = match request::build(rec, url, self.compression, elapsed).await {
+            Ok(req) => client.send(req).await,
+            Err(e) => Attempt::rejected(e.to_string()),
         };
-        let settle = match attempt.outcome {
+        hot.in_flight.decrement(1.0);
+        hot.upstream_latency.record(started.elapsed().as_secs_f64());
+        hot.upstream_bytes.increment(attempt.sent_bytes as u64);
+        attempt
+    }
+
+    /// Counts and logs the upstream's answer, applies the rate limits it announced, and says what
+    /// it means for the record.
+    fn verdict(&self, outcome: Outcome, scoping: Scoping<'_>, q: &Queued, now: u64) -> Verdict {
+        let rec = &q.record;
+        let upstream = scoping.upstream.as_str();
+        match outcome {
             Outcome::Delivered { limits } => {
+                let hot = t::hot();
                 hot.attempts_2xx.increment(1);
                 hot.delivered.increment(1);
                 self.limits.apply(scoping, &limits, now);
-                Settle::Ack(q.id)
+                Verdict::Delivered
             }
             Outcome::Rejected { status, detail, limits } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "4xx").increment(1);
@@ -515,10 +515,10 @@ impl Dispatcher {
                     detail = detail.as_deref().unwrap_or("-"),
                     project = rec.project_id,
                     event_id = rec.event_id.as_deref().unwrap_or("-"),
-                    upstream = url.as_str(),
+                    upstream,
                     "upstream rejected the envelope for good; dropped"
                 );
-                Settle::Ack(q.id)
+                Verdict::Rejected
             }
             Outcome::RateLimited { retry_after, limits } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "429").increment(1);
@@ -528,76 +528,157 @@ impl Dispatcher {
                     self.limits.apply(scoping, &limits, now);
                 }
                 let until = self.limits.blocked_until(scoping, rec.categories, now).unwrap_or(now + ms(retry_after));
-                tracing::info!(
-                    upstream = url.as_str(),
-                    retry_after_ms = until.saturating_sub(now),
-                    "rate limited by the upstream"
-                );
-                match self.cfg.rate_limit_policy {
-                    RateLimitPolicy::Hold if until.saturating_sub(rec.received_ms) <= ms(self.cfg.max_hold) => {
-                        counter!(t::RETRIES, "reason" => "rate_limited").increment(1);
-                        Settle::Retry(q.id, until, false)
-                    }
-                    _ => {
-                        // Sentry counted what it answered 429 to: count it here, report nothing.
-                        for c in rec.categories.iter() {
-                            counter!(t::DROPPED, "reason" => "upstream_rate_limited", "category" => c.name())
-                                .increment(1);
-                        }
-                        Settle::Ack(q.id)
-                    }
-                }
+                tracing::info!(upstream, retry_after_ms = until.saturating_sub(now), "rate limited by the upstream");
+                Verdict::UpstreamLimited { until }
             }
             Outcome::Refused { reason } => {
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => "refused").increment(1);
-                tracing::debug!(reason, upstream = url.as_str(), attempts = q.attempts, "upstream did not process it");
-                if q.attempts < REFUSED_AT_ONCE {
-                    // Counted, so an upstream that refuses everything meets the normal backoff.
-                    counter!(t::RETRIES, "reason" => "refused").increment(1);
-                    Settle::Retry(q.id, now, true)
-                } else {
-                    self.retry(&q, "refused", None)
-                }
+                tracing::debug!(reason, upstream, attempts = q.attempts, "upstream did not process it");
+                Verdict::Refused
             }
             Outcome::Transient { reason } => {
                 let label = if reason.starts_with("status") { "5xx" } else { "error" };
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => label).increment(1);
-                tracing::debug!(reason, upstream = url.as_str(), attempts = q.attempts, "transient upstream failure");
-                self.retry(&q, "transient", None)
+                tracing::debug!(reason, upstream, attempts = q.attempts, "transient upstream failure");
+                Verdict::Failed
             }
-        };
-        if let Some(mut held) = released {
-            self.recovered.store(true, Ordering::Release);
-            held.retain(|i| *i != q.id);
-            if !held.is_empty() {
-                if let Err(e) = self.spool.reschedule(release(&held)).await {
-                    tracing::warn!(error = %e, "could not release held envelopes; they wait for their hold time");
-                }
-            }
-        }
-        settle
-    }
-
-    fn rate_limited(&self, q: &Queued, until: u64, now: u64) -> Settle {
-        let rec = &q.record;
-        for c in rec.categories.iter() {
-            counter!(t::RATE_LIMITED, "category" => c.name()).increment(1);
-        }
-        let within_hold = until.saturating_sub(rec.received_ms) <= ms(self.cfg.max_hold);
-        match self.cfg.rate_limit_policy {
-            RateLimitPolicy::Hold if within_hold => Settle::Retry(q.id, until.max(now + 1), false),
-            _ => Settle::Drop(q.id, Box::new(Dropped::of(rec, DropReason::RateLimited))),
         }
     }
 
-    fn retry(&self, q: &Queued, reason: &'static str, after: Option<Duration>) -> Settle {
-        counter!(t::RETRIES, "reason" => reason).increment(1);
-        let delay = after.unwrap_or_else(|| backoff(q.attempts, self.cfg.retry_initial, self.cfg.retry_max));
-        Settle::Retry(q.id, now_ms() + ms(delay), true)
+    /// Sends the records a closed circuit held again at once (but `own`, which settles itself),
+    /// and has the loop pace the drain.
+    async fn release(&self, mut held: Vec<u64>, own: u64) {
+        self.recovered.store(true, Ordering::Release);
+        held.retain(|i| *i != own);
+        if held.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let items = held.into_iter().map(|id| Reschedule { id, due_ms: now, count_attempt: false }).collect();
+        if let Err(e) = self.spool.reschedule(items).await {
+            tracing::warn!(error = %e, "could not release held envelopes; they wait for their hold time");
+        }
     }
 }
 
-fn release(ids: &[u64]) -> Vec<Reschedule> {
-    let now = now_ms();
-    ids.iter().map(|&id| Reschedule { id, due_ms: now, count_attempt: false }).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DataCategory;
+    use crate::spool::MemorySpool;
+
+    const T0: u64 = 1_000_000;
+
+    fn cfg() -> DispatchConfig {
+        DispatchConfig {
+            batch_size: 5,
+            max_in_flight: 4,
+            h2_concurrency: 1,
+            h1_connections: 1,
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(1),
+            rate_limit_policy: RateLimitPolicy::Hold,
+            max_hold: Duration::from_secs(600),
+            drain_rate: 0,
+            circuit_grace: Duration::from_secs(3600),
+            compression: Encoding::Gzip,
+            gzip_level: 1,
+        }
+    }
+
+    fn error_event() -> Record {
+        Record { categories: [DataCategory::Error].into_iter().collect(), ..Record::for_test(b"{}\n", T0) }
+    }
+
+    struct Running {
+        spool: Arc<MemorySpool>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// Starts a dispatcher on tokio's clock over a memory spool already holding `records`.
+    async fn start(
+        records: Vec<Record>,
+        cfg: DispatchConfig,
+        routes: Routes,
+        limits: Arc<RateLimits>,
+        capture: &std::path::Path,
+    ) -> Running {
+        let spool = Arc::new(MemorySpool::new());
+        spool.append(records).await.unwrap();
+        let client = if routes.has_upstream() {
+            let config = Config::with_defaults("127.0.0.1:0".parse().unwrap(), capture.to_owned());
+            Some(Arc::new(UpstreamClient::new(&config).unwrap()))
+        } else {
+            None
+        };
+        let dispatcher = Arc::new(Dispatcher::new(
+            spool.clone(),
+            client,
+            Arc::new(Capture::new(capture.join("capture.jsonl"))),
+            limits,
+            Arc::new(routes),
+            cfg,
+            Clock::tokio(T0),
+        ));
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(dispatcher.run(rx));
+        Running { spool, stop, task }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_record_is_held_without_a_request_until_the_limit_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: once released, the send fails and counts an attempt.
+        let url = UpstreamUrl::parse("http://127.0.0.1:1").unwrap();
+        let limits = Arc::new(RateLimits::new());
+        limits.apply_all(Scoping { upstream: &url, project: 1, key: "k" }, T0 + 30_000);
+        let routes = Routes::new(Some(url), vec![], vec![]);
+        let run = start(vec![error_event()], cfg(), routes, limits, dir.path()).await;
+
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(run.spool.len(), 1);
+        assert_eq!(run.spool.next_due(T0 + 29_000), Some(T0 + 30_000), "held until the limit ends, no sooner");
+
+        // Released at the end of the limit, sent, failed: due again after its first backoff (5 to
+        // 10 s) rather than at the limit's end.
+        let mut due = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            due = run.spool.next_due(T0 + 30_000).filter(|&d| d > T0 + 30_000);
+            if due.is_some() {
+                break;
+            }
+        }
+        let due = due.expect("the record was sent when the limit ended");
+        assert!((T0 + 35_000..=T0 + 46_000).contains(&due), "{}", due - T0);
+        run.stop.send(true).unwrap();
+        run.task.await.unwrap();
+        let left = run.spool.read_batch(10, usize::MAX, u64::MAX).await.unwrap();
+        assert_eq!(left.iter().map(|q| q.attempts).collect::<Vec<_>>(), [1], "one attempt: the hold did not count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_drains_at_the_drain_rate_then_unpaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = (0..30).map(|_| error_event()).collect();
+        let cfg = DispatchConfig { drain_rate: 10, ..cfg() };
+        let run = start(records, cfg, Routes::new(None, vec![], vec![]), Arc::new(RateLimits::new()), dir.path()).await;
+
+        // 10 a second, one at a time (the bucket holds a tenth of a second), starting empty.
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        let sent = 30 - run.spool.len();
+        assert!((9..=11).contains(&sent), "{sent} sent in the first second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sent = 30 - run.spool.len();
+        assert!((19..=21).contains(&sent), "{sent} sent in two seconds");
+        // With no more than a batch left, pacing stops and the rest goes at once.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(run.spool.len(), 0);
+        run.stop.send(true).unwrap();
+        run.task.await.unwrap();
+        let captured = std::fs::read_to_string(dir.path().join("capture.jsonl")).unwrap();
+        assert_eq!(captured.lines().count(), 30);
+    }
 }

@@ -10,6 +10,7 @@ pub mod dsn;
 pub mod endpoint;
 pub mod envelope;
 pub mod rate_limits;
+pub mod rewrite;
 pub mod store;
 
 pub use category::{Categories, DataCategory};

@@ -1,4 +1,5 @@
-//! Upstream answers -> what dispatch does next (PROTOCOL.md section 8).
+//! Upstream answers -> what dispatch does next: 2xx delivered, 429 wait, other 4xx never, 408 and
+//! 5xx later (Sentry's documented response semantics for ingestion endpoints).
 
 use std::time::{Duration, SystemTime};
 

@@ -1,4 +1,4 @@
-//! Building the pooled rustls client and sending one spooled record.
+//! Building the pooled rustls client and sending one request with it: send, time out, classify.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,12 +14,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
 use super::limit::LimitedConnector;
-use super::rewrite;
-use crate::codec::{algorithm_for, compress, Encoding, OFFLOAD_BYTES};
+use super::request::Request;
 use crate::config::Config;
-use crate::protocol::Endpoint;
-use crate::routing::UpstreamUrl;
-use crate::spool::Record;
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +42,25 @@ pub struct Attempt {
     pub outcome: Outcome,
     /// The HTTP version of the answer (None if there was no answer).
     pub version: Option<http::Version>,
-    /// Compressed bytes sent.
+    /// Body bytes sent (as encoded).
     pub sent_bytes: usize,
+}
+
+impl Attempt {
+    /// An attempt that never reached the wire because its request could not be built: Sentry
+    /// would never take it either, so it is rejected for good with `detail` as the reason.
+    pub fn rejected(detail: String) -> Attempt {
+        Attempt {
+            outcome: Outcome::Rejected { status: 0, detail: Some(detail), limits: vec![] },
+            version: None,
+            sent_bytes: 0,
+        }
+    }
 }
 
 /// The shared upstream client.
 pub struct UpstreamClient {
     client: HttpsClient,
-    compression: Encoding,
-    gzip_level: u32,
     request_timeout: Duration,
 }
 
@@ -103,58 +109,23 @@ impl UpstreamClient {
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .http2_keep_alive_while_idle(false)
             .build(connector);
-        Ok(UpstreamClient {
-            client,
-            compression: cfg.compression,
-            gzip_level: cfg.gzip_level,
-            request_timeout: cfg.request_timeout,
-        })
+        Ok(UpstreamClient { client, request_timeout: cfg.request_timeout })
     }
 
-    /// Sends one record to `base` and classifies the answer; `elapsed` is how long it has been in
-    /// the sidecar (to shift `sent_at`). Never panics on network input.
-    pub async fn send(&self, base: &UpstreamUrl, record: &Record, elapsed: Duration) -> Attempt {
-        let (compression, level) = (self.compression, self.gzip_level);
-        let prepared = if record.body.len() > OFFLOAD_BYTES {
-            // Decoding and compressing a large body stays off the runtime thread.
-            let owned = record.clone();
-            tokio::task::spawn_blocking(move || payload(&owned, compression, level, elapsed))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        } else {
-            payload(record, compression, level, elapsed)
-        };
-        let (payload, encoding) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Attempt::rejected(format!("stored body cannot be decoded: {e}")),
-        };
-        let sent_bytes = payload.len();
-        let uri = format!("{}{}", base.as_str(), record.path_and_query);
-        let mut builder = http::Request::builder().method(record.method.clone()).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            for (k, v) in &record.headers {
-                if record.endpoint == Endpoint::Store && k == "x-sentry-auth" {
-                    let shifted = v
-                        .to_str()
-                        .ok()
-                        .and_then(|a| rewrite::shift_auth_timestamp(a, elapsed))
-                        .and_then(|a| http::HeaderValue::from_str(&a).ok());
-                    if let Some(a) = shifted {
-                        h.append(k.clone(), a);
-                        continue;
-                    }
-                }
-                h.append(k.clone(), v.clone());
-            }
-            if let Some(enc) = encoding.content_encoding() {
-                h.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
-            }
-            h.insert(CONTENT_LENGTH, http::HeaderValue::from(sent_bytes));
+    /// Sends `req` (adding `Content-Encoding` and `Content-Length` from its body), waits at most the
+    /// request timeout and classifies the answer. Never panics on network input.
+    pub async fn send(&self, req: Request) -> Attempt {
+        let sent_bytes = req.body.len();
+        let mut headers = req.headers;
+        if let Some(enc) = req.encoding.content_encoding() {
+            headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
         }
-        let req = match builder.body(Full::new(payload)) {
-            Ok(r) => r,
-            Err(e) => return Attempt::rejected(format!("cannot build request: {e}")),
-        };
+        headers.insert(CONTENT_LENGTH, http::HeaderValue::from(sent_bytes));
+        let mut outgoing = http::Request::new(Full::new(req.body));
+        *outgoing.method_mut() = req.method;
+        *outgoing.uri_mut() = req.uri;
+        *outgoing.headers_mut() = headers;
+        let req = outgoing;
         let fut = async {
             let resp = self.client.request(req).await?;
             let (parts, body) = resp.into_parts();
@@ -179,45 +150,6 @@ impl UpstreamClient {
                 version: None,
                 sent_bytes,
             },
-        }
-    }
-}
-
-/// The body to send and its `Content-Encoding`. A body stored compressed the way this upstream
-/// wants goes out as stored; one whose `sent_at` must be shifted (it waited a second or more) is
-/// decoded, rewritten and compressed again.
-fn payload(
-    record: &Record,
-    compression: Encoding,
-    level: u32,
-    elapsed: Duration,
-) -> std::io::Result<(Bytes, Encoding)> {
-    let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
-    if is_envelope && elapsed >= rewrite::MIN_SHIFT {
-        let raw = record.decoded_body()?;
-        if let Some(shifted) = rewrite::shift_sent_at(&raw, elapsed) {
-            return Ok(compress(&shifted, compression, level));
-        }
-    }
-    // The rule ingest compressed by, applied to the size the stored body had (unknown for zstd,
-    // which ingest only uses for large bodies).
-    let wanted = algorithm_for(compression, record.decoded_len().unwrap_or(usize::MAX));
-    match record.encoding {
-        // Ingest tried and it did not shrink.
-        Encoding::Identity if record.incompressible => Ok((record.body.clone(), Encoding::Identity)),
-        Encoding::Identity => Ok(compress(&record.body, compression, level)),
-        stored if stored == wanted => Ok((record.body.clone(), stored)),
-        // Stored for another setting (the configuration changed across a restart).
-        _ => Ok(compress(&record.decoded_body()?, compression, level)),
-    }
-}
-
-impl Attempt {
-    fn rejected(detail: String) -> Attempt {
-        Attempt {
-            outcome: Outcome::Rejected { status: 0, detail: Some(detail), limits: vec![] },
-            version: None,
-            sent_bytes: 0,
         }
     }
 }
@@ -250,41 +182,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::ZSTD_MIN_BYTES;
-
-    fn record(body: &'static [u8], encoding: Encoding, incompressible: bool) -> Record {
-        Record { encoding, incompressible, ..Record::for_test(body, 0) }
-    }
-
-    #[test]
-    fn payload_sends_stored_bodies_as_stored_and_compresses_only_what_was_not_tried() {
-        let json = br#"{"message":"hello hello hello hello hello hello hello hello hello hello"}"#;
-        let fresh = Duration::ZERO;
-        // Not tried yet (a client report, a record from before): compressed now.
-        let (out, enc) = payload(&record(json, Encoding::Identity, false), Encoding::Gzip, 1, fresh).unwrap();
-        assert!(enc == Encoding::Gzip && out.len() < json.len());
-        // Tried at ingest and it did not shrink: sent as it is, even though it would shrink now.
-        let (out, enc) = payload(&record(json, Encoding::Identity, true), Encoding::Gzip, 1, fresh).unwrap();
-        assert_eq!((&out[..], enc), (&json[..], Encoding::Identity));
-        // Stored gzip for a gzip upstream: the stored bytes.
-        let (gz, _) = compress(&Bytes::from_static(json), Encoding::Gzip, 1);
-        let stored = Record { body: gz.clone(), ..record(b"", Encoding::Gzip, false) };
-        let (out, enc) = payload(&stored, Encoding::Gzip, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz.clone(), Encoding::Gzip));
-        // Stored gzip for an upstream without compression: decoded.
-        let (out, enc) = payload(&stored, Encoding::Identity, 1, fresh).unwrap();
-        assert_eq!((&out[..], enc), (&json[..], Encoding::Identity));
-        // Under zstd a small body stays gzip (what ingest stores it as), a large one is zstd.
-        let (out, enc) = payload(&stored, Encoding::Zstd, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz, Encoding::Gzip));
-        let large = Bytes::from(json.repeat(ZSTD_MIN_BYTES / json.len() + 1));
-        let (gz_large, enc) = compress(&large, Encoding::Zstd, 1);
-        assert_eq!(enc, Encoding::Zstd, "ingest stores large bodies as zstd");
-        let (gz_large_stored, _) = compress(&large, Encoding::Gzip, 1);
-        let stored = Record { body: gz_large_stored, ..record(b"", Encoding::Gzip, false) };
-        let (out, enc) = payload(&stored, Encoding::Zstd, 1, fresh).unwrap();
-        assert_eq!((out, enc), (gz_large, Encoding::Zstd), "stored gzip from a gzip setting, sent as zstd");
-    }
 
     /// What an h2 client stream ends with when the server does `act` to it (over an in-memory
     /// pipe): the error a real upstream connection would hand back through hyper.

@@ -1,15 +1,16 @@
-//! The one upstream HTTP client: hyper-util's pooled client over hyper-rustls, HTTP/2 by ALPN where
+//! The transport: one pooled HTTP client (hyper-util over hyper-rustls), HTTP/2 by ALPN where
 //! offered, HTTP/1.1 keep-alive otherwise.
 //!
-//! This module builds requests from spooled records (compressing the body, keeping the SDK's auth,
-//! never copying the inbound `Host`) and turns every answer or error into an [`Outcome`] with
-//! [`classify`], a pure function the dispatcher and the tests call directly.
+//! It knows nothing of the spool: dispatch builds each [`Request`] (headers, body and its
+//! encoding), and this module only sends it, times it out and turns every answer or error into an
+//! [`Outcome`] with [`classify()`], a pure function the dispatcher and the tests call directly.
 
 mod classify;
 mod client;
 mod coalesce;
 mod limit;
-pub mod rewrite;
+mod request;
 
 pub use classify::{classify, Outcome};
-pub use client::{UpstreamClient, UpstreamError};
+pub use client::{Attempt, UpstreamClient, UpstreamError};
+pub use request::Request;

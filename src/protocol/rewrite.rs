@@ -1,11 +1,13 @@
 //! The only changes the sidecar makes to what it forwards: shifting the envelope header's
 //! `sent_at` (or a store request's `sentry_timestamp`) by the time the envelope spent in the
-//! sidecar, so that Sentry's clock-drift correction (`received_at - sent_at`) does not move every
-//! timestamp of a buffered event by the buffering delay (PROTOCOL.md section 3).
+//! sidecar. Sentry corrects client clock drift by `received_at - sent_at`; without the shift, every
+//! timestamp of a buffered event would move by the time it waited in the spool.
 //!
-//! Only the header line is rewritten, with every other header value kept as raw JSON text; item
-//! bytes are never touched. Delays under a second are left alone: they are below Sentry's drift
-//! threshold and not worth a copy of the body.
+//! It lives with the protocol facts because it is pure text work on the wire format (no I/O, no
+//! knowledge of the spool); dispatch calls it while building the request. Only the header line is
+//! rewritten, with every other header value kept as raw JSON text; item bytes are never touched.
+//! Delays under a second are left alone: they are below Sentry's drift threshold and not worth a
+//! copy of the body.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
