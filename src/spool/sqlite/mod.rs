@@ -89,8 +89,9 @@ pub struct SqliteSpool {
     /// Read when commands are handed to the writer, which has no clock of its own.
     clock: Clock,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Dropped to stop the WAL flusher thread (`durability = process` only).
-    flusher: Mutex<Option<mpsc::Sender<()>>>,
+    /// Told of every write, so the WAL is written back ahead of checkpoints (`durability =
+    /// process` only); taken at close to stop its thread.
+    flusher: Mutex<Option<wal::Flusher>>,
     /// The spool's directory, for `disk_bytes`.
     dir: PathBuf,
 }
@@ -104,7 +105,7 @@ impl SqliteSpool {
     /// Like [`SqliteSpool::open`], waking `notify` on appends and reschedules.
     pub fn open_with_notify(opts: SqliteOptions, notify: Arc<Notify>) -> Result<SqliteSpool, SpoolError> {
         std::fs::create_dir_all(opts.dir.join("bodies"))?;
-        let flusher = wal::start_flusher(&opts)?;
+        let flusher = wal::Flusher::start(&opts)?;
         let (dir, clock) = (opts.dir.clone(), opts.clock);
         let now = clock.now_ms();
         let db = Db::open_or_quarantine(opts, now)?;
@@ -127,6 +128,15 @@ impl SqliteSpool {
     }
 }
 
+impl SqliteSpool {
+    /// Tells the WAL flusher a write is coming.
+    fn wrote(&self) {
+        if let Some(f) = lock(&self.flusher).as_ref() {
+            f.poke();
+        }
+    }
+}
+
 /// Locks `m`, going on with the data if a panicking thread poisoned it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -135,6 +145,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Spool for SqliteSpool {
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
         let records = records.into_iter().map(Arc::new).collect();
+        self.wrote();
         self.call(|r| Cmd::Append(records, r))
     }
 
@@ -148,10 +159,12 @@ impl Spool for SqliteSpool {
     }
 
     fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.wrote();
         self.call(|r| Cmd::Ack(ids, r))
     }
 
     fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.wrote();
         self.call(|r| Cmd::Reschedule(items, r))
     }
 

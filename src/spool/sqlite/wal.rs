@@ -7,7 +7,8 @@
 //! auto-checkpoint and only counts pages. Checkpoints come at 1,000 WAL pages but at most every
 //! 100 ms below 4,000 pages: at a few connections the WAL fills with copies of the same few pages
 //! in a few tens of milliseconds, and each checkpoint was a stall every request saw. With
-//! `durability = process` a small thread also writes the WAL's dirty pages back every 20 ms, so
+//! `durability = process` a small thread also writes the WAL's dirty pages back within 20 ms of a
+//! write (and sleeps while nothing is written), so
 //! the fsync that every checkpoint starts with finds little to do and stalls the writer (and
 //! every request waiting on it) for a fraction of a millisecond instead of several.
 //!
@@ -15,8 +16,8 @@
 //! clock: it is about how fast the WAL really fills, which a test's paused clock says nothing of.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -76,29 +77,87 @@ impl Db {
     }
 }
 
-/// Starts the WAL flusher for `durability = process`; dropping the returned sender stops it.
-pub(super) fn start_flusher(opts: &SqliteOptions) -> std::io::Result<Option<mpsc::Sender<()>>> {
-    if opts.durability != Durability::Process {
-        return Ok(None);
-    }
-    let (stop, stopped) = mpsc::channel();
-    let wal = Db::wal_path(&opts.dir);
-    std::thread::Builder::new().name("spool-flush".into()).spawn(move || flush_wal(&wal, &stopped))?;
-    Ok(Some(stop))
+/// The WAL flusher thread for `durability = process`: it sleeps until a write is handed to the
+/// writer ([`Flusher::poke`]), waits [`WAL_FLUSH_EVERY`] so that one sync covers every write of
+/// that window, syncs the WAL and sleeps again. An idle spool costs no wake-ups (it used to poll
+/// every 20 ms whatever happened). Dropping it stops the thread.
+pub(super) struct Flusher {
+    state: Arc<FlushState>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Writes the WAL's dirty pages back on a thread of its own, until `stop` is dropped.
+#[derive(Default)]
+struct FlushState {
+    /// A write was handed over since the last sync.
+    pending: AtomicBool,
+    stop: AtomicBool,
+    /// Syncs done (for tests).
+    syncs: AtomicU64,
+}
+
+impl Flusher {
+    /// Starts the flusher, for `durability = process` only.
+    pub(super) fn start(opts: &SqliteOptions) -> std::io::Result<Option<Flusher>> {
+        if opts.durability != Durability::Process {
+            return Ok(None);
+        }
+        Self::spawn(Db::wal_path(&opts.dir)).map(Some)
+    }
+
+    fn spawn(wal: std::path::PathBuf) -> std::io::Result<Flusher> {
+        let state = Arc::new(FlushState::default());
+        let s = state.clone();
+        let thread = std::thread::Builder::new().name("spool-flush".into()).spawn(move || flush_wal(&wal, &s))?;
+        Ok(Flusher { state, thread: Some(thread) })
+    }
+
+    /// Says that a write is on its way to the WAL. Costs an atomic swap, and a wake-up of the
+    /// flusher only for the first write of a window.
+    pub(super) fn poke(&self) {
+        if !self.state.pending.swap(true, Ordering::AcqRel) {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes the WAL's dirty pages back on a thread of its own, after each poke, until stopped.
 ///
 /// With `synchronous=NORMAL` commits do not sync, but every checkpoint (at 1,000-4,000 WAL
 /// pages) first fsyncs the WAL on the writer thread, and under load that fsync found ~4 MB
 /// dirty and took 2.5-3.5 ms, several times a second: every request of those moments waited for
-/// it (a large part of the p99). Syncing the same file from here every 20 ms leaves the
-/// checkpoint's fsync little to do. Durability does not depend on this thread; it only moves
-/// when the kernel writes.
-fn flush_wal(wal: &Path, stop: &mpsc::Receiver<()>) {
+/// it (a large part of the p99). Syncing the same file from here at most every 20 ms while
+/// writes come leaves the checkpoint's fsync little to do. Durability does not depend on this
+/// thread; it only moves when the kernel writes.
+fn flush_wal(wal: &Path, state: &FlushState) {
     let mut file: Option<(std::fs::File, Instant)> = None;
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WAL_FLUSH_EVERY) {
-        // Reopened every second: the WAL is deleted at a clean close and a quarantined spool
+    loop {
+        // Parked until a poke or the stop (unpark before park returns at once, so none is lost).
+        while !state.pending.load(Ordering::Acquire) && !state.stop.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+        if state.stop.load(Ordering::Acquire) {
+            return;
+        }
+        // One sync for every write of the window (and for the one just poked, which the writer
+        // is committing meanwhile).
+        std::thread::park_timeout(WAL_FLUSH_EVERY);
+        if state.stop.load(Ordering::Acquire) {
+            return;
+        }
+        state.pending.store(false, Ordering::Release);
+        // Reopened after a second: the WAL is deleted at a clean close and a quarantined spool
         // starts a new one, so a kept descriptor could point at a file nobody writes.
         if file.as_ref().is_none_or(|(_, at)| at.elapsed() > Duration::from_secs(1)) {
             file = std::fs::File::open(wal).ok().map(|f| (f, Instant::now()));
@@ -108,6 +167,7 @@ fn flush_wal(wal: &Path, stop: &mpsc::Receiver<()>) {
                 tracing::debug!(error = %e, "WAL write-back failed; the checkpoint will sync it");
             }
         }
+        state.syncs.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -128,27 +188,39 @@ mod tests {
         assert!(checkpoint_due(CHECKPOINT_MAX_PAGES, Duration::ZERO), "at the cap");
     }
 
-    /// The WAL flusher syncs a file that comes and goes (the WAL is removed at a clean close) and
-    /// stops as soon as its spool lets go of the sender, so closed spools leave no thread behind.
+    /// The WAL flusher syncs after a poke, survives a WAL that comes and goes (it is removed at a
+    /// clean close), sleeps while nothing is written, and stops when dropped.
     #[test]
-    fn the_wal_flusher_survives_a_missing_wal_and_stops_with_its_spool() {
+    fn the_wal_flusher_syncs_when_poked_sleeps_when_idle_and_stops_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("spool.db-wal");
-        let (stop, stopped) = mpsc::channel::<()>();
-        let (done_tx, done) = mpsc::channel();
-        let w = wal.clone();
-        std::thread::spawn(move || {
-            flush_wal(&w, &stopped);
-            let _ = done_tx.send(());
-        });
-        std::thread::sleep(WAL_FLUSH_EVERY * 3);
+        let f = Flusher::spawn(wal.clone()).unwrap();
+        let syncs = || f.state.syncs.load(Ordering::Relaxed);
+        let wait_for = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while syncs() < n {
+                assert!(Instant::now() < deadline, "no sync after a poke");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        f.poke();
+        wait_for(1);
         std::fs::write(&wal, b"frames").unwrap();
-        std::thread::sleep(WAL_FLUSH_EVERY * 3);
+        for _ in 0..10 {
+            f.poke();
+        }
+        wait_for(2);
+        // Nothing written: no more syncs (the thread is parked, not polling).
+        let before = syncs();
+        std::thread::sleep(WAL_FLUSH_EVERY * 5);
+        assert_eq!(syncs(), before, "the flusher synced with nothing written");
         std::fs::remove_file(&wal).unwrap();
-        std::thread::sleep(WAL_FLUSH_EVERY * 3);
-        assert!(done.try_recv().is_err(), "the flusher runs while its spool is open");
-        drop(stop);
-        assert!(done.recv_timeout(Duration::from_secs(5)).is_ok(), "the flusher stops with its spool");
+        f.poke();
+        wait_for(before + 1);
+        let thread = f.thread.as_ref().unwrap().thread().clone();
+        drop(f);
+        // Dropping joined the thread: unparking it now is harmless and nothing is left running.
+        thread.unpark();
     }
 
     /// SQLite's auto-checkpoint is replaced by a hook that only counts WAL pages; the writer
