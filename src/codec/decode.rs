@@ -86,10 +86,9 @@ fn decoder<'a>(coding: &str, input: Box<dyn Read + 'a>) -> Result<(&'static str,
             }
         }
         "br" => ("br", Box::new(brotli_decompressor::Decompressor::new(input, 4096))),
-        "zstd" => (
-            "zstd",
-            Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| DecodeError::Corrupt("zstd", e))?),
-        ),
+        "zstd" => {
+            ("zstd", Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| DecodeError::Corrupt("zstd", e))?))
+        }
         other => return Err(DecodeError::UnsupportedEncoding(other.to_owned())),
     })
 }

@@ -37,8 +37,7 @@ impl DecodePool {
         if codings.is_empty() {
             return Ok(body);
         }
-        let permit =
-            self.permits.clone().acquire_owned().await.map_err(|e| DecodeError::Interrupted(e.to_string()))?;
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| DecodeError::Interrupted(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let out = decode_codings(&codings, body, limit);
             drop(permit);

@@ -131,8 +131,7 @@ impl Registry {
     /// Takes the slot of the connection idle the longest and tells it to close.
     fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
         let conns = self.conns.lock().ok()?;
-        let mut idle: Vec<&Arc<ConnState>> =
-            conns.iter().filter(|s| !s.busy.load(Ordering::Acquire)).collect();
+        let mut idle: Vec<&Arc<ConnState>> = conns.iter().filter(|s| !s.busy.load(Ordering::Acquire)).collect();
         idle.sort_by_key(|s| s.idle_since_ms.load(Ordering::Relaxed));
         for s in idle {
             let taken = s.permit.lock().ok().and_then(|mut p| p.take());

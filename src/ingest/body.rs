@@ -144,10 +144,16 @@ mod tests {
         assert_eq!(decode(&pool(), Some("gzip".into()), gzip(&data), 1000).await.unwrap(), data);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&data).unwrap();
-        assert_eq!(decode(&pool(), Some("deflate".into()), Bytes::from(z.finish().unwrap()), 1000).await.unwrap(), data);
+        assert_eq!(
+            decode(&pool(), Some("deflate".into()), Bytes::from(z.finish().unwrap()), 1000).await.unwrap(),
+            data
+        );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         d.write_all(&data).unwrap();
-        assert_eq!(decode(&pool(), Some("deflate".into()), Bytes::from(d.finish().unwrap()), 1000).await.unwrap(), data);
+        assert_eq!(
+            decode(&pool(), Some("deflate".into()), Bytes::from(d.finish().unwrap()), 1000).await.unwrap(),
+            data
+        );
         let zs = zstd::stream::encode_all(&data[..], 3).unwrap();
         assert_eq!(decode(&pool(), Some("zstd".into()), Bytes::from(zs), 1000).await.unwrap(), data);
         assert_eq!(decode(&pool(), Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");

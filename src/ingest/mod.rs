@@ -390,9 +390,8 @@ impl Ingest {
         }
         let path_and_query =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-        let answer = forward
-            .forward(Passthrough { upstream, method: parts.method, path_and_query, headers, body })
-            .await?;
+        let answer =
+            forward.forward(Passthrough { upstream, method: parts.method, path_and_query, headers, body }).await?;
         let mut r = Response::new(Full::new(answer.body));
         *r.status_mut() = answer.status;
         for name in forward::ANSWER_HEADERS {

@@ -128,7 +128,9 @@ mod tests {
 
     #[test]
     fn dot_segments() {
-        for bad in ["/api/7/../../metrics", "/api/7/%2e%2e/%2E%2E/metrics", "/api/./7/envelope/", "/api/7/.%2e/x", "/.."] {
+        for bad in
+            ["/api/7/../../metrics", "/api/7/%2e%2e/%2E%2E/metrics", "/api/./7/envelope/", "/api/7/.%2e/x", "/.."]
+        {
             assert!(has_dot_segment(bad), "{bad}");
         }
         for ok in ["/api/7/envelope/", "/api/7/...", "/api/7/a.b/", "/api/7/%2e%2ex/", "/"] {

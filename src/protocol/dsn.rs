@@ -247,7 +247,13 @@ mod tests {
     #[test]
     fn keys_are_32_hex_characters() {
         assert_eq!(check_key("0123456789abcdef0123456789ABCDEF"), Ok(()));
-        for bad in ["", "abc", "0123456789abcdef0123456789abcdeg", "0123456789abcdef0123456789abcdef0", "0123456789abcdef\r\n0123456789abcd"] {
+        for bad in [
+            "",
+            "abc",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef\r\n0123456789abcd",
+        ] {
             assert_eq!(check_key(bad), Err(AuthError::InvalidKey), "{bad:?}");
         }
     }
