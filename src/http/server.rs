@@ -283,11 +283,11 @@ fn overloaded<H: Handler>(
     opts: &Arc<ServeOptions>,
     closing: watch::Receiver<bool>,
 ) {
-    if let Some(count) = opts.on_overload {
-        count();
-    }
     let Ok(permit) = overflow.clone().try_acquire_owned() else {
         // Not even the reserve is free: answer without reading, best effort.
+        if let Some(count) = opts.on_overload {
+            count();
+        }
         let _ = stream.try_write(&overload_response());
         return;
     };
@@ -304,6 +304,9 @@ fn overloaded<H: Handler>(
             };
             connection(stream, peer, handler, &opts, &state, Instant::now(), closing, false).await;
         } else {
+            if let Some(count) = opts.on_overload {
+                count();
+            }
             refuse(stream).await;
         }
     });
