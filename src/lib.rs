@@ -41,7 +41,8 @@
 //! The async runtime (one thread by default: ingest, dispatch, upstream), the spool's writer
 //! (every SQLite statement) and, with `durability = process`, its WAL flusher; plus two small
 //! housekeeping threads (metrics upkeep, and `malloc_trim` from [`sys::limit_malloc_arenas`]).
-//! Large bodies are compressed and decoded on tokio's blocking pool.
+//! Large bodies are compressed, and every inbound body is decoded, on tokio's blocking pool (a
+//! few decoders at a time), never on the async threads.
 //!
 //! [`Sidecar::start`] wires them together; `main`, the tests and the benches all use it.
 
@@ -72,7 +73,7 @@ use crate::admin::Admin;
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::dispatch::{DispatchConfig, Dispatcher};
-use crate::ingest::Ingest;
+use crate::ingest::{Forward, ForwardError, Forwarding, Ingest, Passthrough};
 use crate::limits::RateLimits;
 use crate::routing::Routes;
 use crate::spool::{LockError, Spool, SpoolError, SpoolLock};
@@ -173,23 +174,20 @@ impl Sidecar {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = Arc::new(Admin::new(spool.clone(), metrics));
         let inline_admin = if admin_listener.is_none() { Some(admin.clone()) } else { None };
-        let ingest = Arc::new(Ingest::new(cfg.clone(), routes.clone(), spool.clone(), limits.clone()));
+        let forward = client.clone().map(|c| Arc::new(PassThrough(c)) as Arc<dyn Forward>);
+        let ingest = Arc::new(Ingest::new(cfg.clone(), routes.clone(), spool.clone(), limits.clone(), forward));
         let front = Arc::new(crate::http::Layered::new(inline_admin, ingest));
-        let mut servers = vec![tokio::spawn(crate::http::serve(
-            listener,
-            front,
-            shutdown_rx.clone(),
-            cfg.max_connections,
-            cfg.shutdown_timeout,
-        ))];
+        let mut opts = crate::http::ServeOptions::new(cfg.max_connections, cfg.shutdown_timeout);
+        opts.header_read_timeout = cfg.header_read_timeout;
+        opts.keep_alive_timeout = cfg.keep_alive_timeout;
+        opts.priority_paths = ADMIN_PATHS;
+        opts.on_overload = Some(|| {
+            metrics::counter!(telemetry::REJECTED, "endpoint" => "other", "reason" => "connection_limit").increment(1)
+        });
+        let mut servers = vec![tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone()))];
         if let Some(l) = admin_listener {
-            servers.push(tokio::spawn(crate::http::serve(
-                l,
-                admin.clone(),
-                shutdown_rx.clone(),
-                64,
-                cfg.shutdown_timeout,
-            )));
+            opts.max_connections = 64;
+            servers.push(tokio::spawn(crate::http::serve(l, admin.clone(), shutdown_rx.clone(), opts)));
         }
         let dispatcher = Arc::new(Dispatcher::new(
             spool.clone(),
@@ -210,6 +208,40 @@ impl Sidecar {
             "sentry-sidecar ready"
         );
         Ok(Running { addr, admin_addr, shutdown, servers, dispatcher, admin, spool, _lock: lock })
+    }
+}
+
+/// The admin endpoints: answered even past the connection cap, so that probes see a live process
+/// during a flood.
+const ADMIN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// The pass-through of unknown ingest paths, over the upstream client (ingest may not know the
+/// transport, so it is handed this).
+struct PassThrough(Arc<UpstreamClient>);
+
+/// The most of an upstream's answer handed back on a pass-through (Sentry's are small JSON).
+const PASS_THROUGH_ANSWER_BYTES: usize = 1024 * 1024;
+
+impl Forward for PassThrough {
+    fn forward(&self, req: Passthrough) -> Forwarding<'_> {
+        Box::pin(async move {
+            let uri = format!("{}{}", req.upstream.as_str(), req.path_and_query)
+                .parse::<::http::Uri>()
+                .map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URL: {e}")))?;
+            let out = upstream::Request {
+                method: req.method,
+                uri,
+                headers: req.headers,
+                body: req.body,
+                encoding: codec::Encoding::Identity,
+            };
+            let resp = self.0.exchange(out, PASS_THROUGH_ANSWER_BYTES).await.map_err(|e| match e {
+                upstream::ExchangeError::Timeout => ForwardError::Timeout,
+                upstream::ExchangeError::Failed(m) => ForwardError::Unreachable(m),
+            })?;
+            let (parts, body) = resp.into_parts();
+            Ok(ingest::Answer { status: parts.status, headers: parts.headers, body })
+        })
     }
 }
 

@@ -131,6 +131,14 @@ const REJECT_REASONS: &[&str] = &[
     "spool_full",
     "disk_full",
     "spool",
+    "invalid_key",
+    "auth_conflict",
+    "dot_segment",
+    "transfer_encoding",
+    "body_timeout",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "connection_limit",
 ];
 const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];
 const RESULTS: &[&str] = &["2xx", "429", "4xx", "5xx", "error", "refused"];

@@ -52,12 +52,20 @@ async fn every_bad_input_class_is_refused_clearly() {
         assert_error(&r, 400, what);
     }
 
-    // 401: no auth, and auth from two places.
+    // 401: no auth, and auth from two places with different keys (the same key twice is fine:
+    // see tests/hardened.rs).
     assert_error(&request(addr, "POST", "/api/42/envelope/", &[], &good).await, 401, "no auth");
     assert_error(
-        &request(addr, "POST", &format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7"), &auth, &good).await,
+        &request(
+            addr,
+            "POST",
+            "/api/42/envelope/?sentry_key=ffffffffffffffffffffffffffffffff&sentry_version=7",
+            &auth,
+            &good,
+        )
+        .await,
         401,
-        "two auth sources",
+        "two auth sources that disagree",
     );
     assert_error(
         &request(addr, "POST", "/api/42/envelope/", &[("X-Sentry-Auth", "Sentry sentry_version=7")], &good).await,
@@ -205,7 +213,8 @@ async fn auth_sources() {
     let with_dsn =
         format!("{{\"dsn\":\"https://{KEY}@o1.ingest.sentry.io/42\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"x\"}}");
     ok(request(addr, "POST", "/api/42/envelope/", &[], with_dsn.as_bytes()).await, "envelope dsn");
-    ok(request(addr, "POST", "/api/42/unreal/abcdef/", &[], b"crash").await, "key in the path");
-    ok(request(addr, "GET", "/api/42/cron/nightly/abcdef/?status=ok", &[], b"").await, "cron GET");
+    // A key in the path is a sentry_key like any other: 32 hex characters.
+    ok(request(addr, "POST", &format!("/api/42/unreal/{KEY}/"), &[], b"crash").await, "key in the path");
+    ok(request(addr, "GET", &format!("/api/42/cron/nightly/{KEY}/?status=ok"), &[], b"").await, "cron GET");
     sidecar.shutdown().await;
 }

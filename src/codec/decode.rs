@@ -2,8 +2,9 @@
 //! under a hard limit on the decoded size: a body that grows past it stops being decoded, so a
 //! zip bomb costs at most the limit in memory.
 //!
-//! These are synchronous and may take a while on a large body: async callers run them on the
-//! blocking pool (ingest does for bodies over 64 KiB).
+//! These are synchronous and may take a while (a 16 KB brotli bomb runs to the limit): async
+//! callers run them off the runtime's threads, through [`super::DecodePool`], which also bounds
+//! how many run at once.
 
 use std::io::Read;
 
@@ -21,6 +22,9 @@ pub enum DecodeError {
     /// A compressed stream that does not decode.
     #[error("invalid {0} body: {1}")]
     Corrupt(&'static str, std::io::Error),
+    /// The decoding thread went away (the runtime is shutting down).
+    #[error("decoding interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// The codings of a `Content-Encoding` value, lowercased, in the order they were applied, without
@@ -44,36 +48,49 @@ pub fn decode(content_encoding: &str, body: Bytes, limit: usize) -> Result<Bytes
     decode_codings(&codings(content_encoding)?, body, limit)
 }
 
-/// Undoes `codings` (as [`codings`] returns them) in reverse order.
-pub fn decode_codings(codings: &[String], mut body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
-    for c in codings.iter().rev() {
-        body = decode_one(c, &body, limit)?;
+/// Undoes `codings` (as [`codings`] returns them) in reverse order, as one chain of streaming
+/// decoders: no stage holds its whole output, and decoding stops one byte past `limit`.
+pub fn decode_codings(codings: &[String], body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
+    if codings.is_empty() {
+        return Ok(body);
     }
-    Ok(body)
-}
-
-fn decode_one(coding: &str, input: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
-    let mut out = Vec::with_capacity((input.len() * 4).min(limit));
-    let cap = limit as u64 + 1;
-    let (name, res) = match coding {
-        "gzip" | "x-gzip" => ("gzip", flate2::read::MultiGzDecoder::new(input).take(cap).read_to_end(&mut out)),
-        "deflate" => {
-            // HTTP's "deflate" is zlib (RFC 1950), but some clients send a raw deflate stream.
-            if looks_like_zlib(input) {
-                ("deflate", flate2::read::ZlibDecoder::new(input).take(cap).read_to_end(&mut out))
-            } else {
-                ("deflate", flate2::read::DeflateDecoder::new(input).take(cap).read_to_end(&mut out))
-            }
-        }
-        "br" => ("br", brotli_decompressor::Decompressor::new(input, 4096).take(cap).read_to_end(&mut out)),
-        "zstd" => ("zstd", zstd::stream::read::Decoder::new(input).and_then(|d| d.take(cap).read_to_end(&mut out))),
-        other => return Err(DecodeError::UnsupportedEncoding(other.to_owned())),
-    };
-    res.map_err(|e| DecodeError::Corrupt(name, e))?;
+    let mut reader: Box<dyn Read + '_> = Box::new(&body[..]);
+    let mut last = "";
+    for c in codings.iter().rev() {
+        let (name, next) = decoder(c, reader)?;
+        (reader, last) = (next, name);
+    }
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit));
+    reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| {
+        // Which stage failed is not known once they are chained; the outermost names the body.
+        DecodeError::Corrupt(last, e)
+    })?;
     if out.len() > limit {
         return Err(DecodeError::TooLarge(limit));
     }
     Ok(Bytes::from(out))
+}
+
+/// The streaming decoder of one coding over `input`.
+fn decoder<'a>(coding: &str, input: Box<dyn Read + 'a>) -> Result<(&'static str, Box<dyn Read + 'a>), DecodeError> {
+    Ok(match coding {
+        "gzip" | "x-gzip" => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(input))),
+        "deflate" => {
+            // HTTP's "deflate" is zlib (RFC 1950), but some clients send a raw deflate stream.
+            let mut input = std::io::BufReader::new(input);
+            let head = std::io::BufRead::fill_buf(&mut input).map_err(|e| DecodeError::Corrupt("deflate", e))?;
+            if looks_like_zlib(head) {
+                ("deflate", Box::new(flate2::read::ZlibDecoder::new(input)))
+            } else {
+                ("deflate", Box::new(flate2::read::DeflateDecoder::new(input)))
+            }
+        }
+        "br" => ("br", Box::new(brotli_decompressor::Decompressor::new(input, 4096))),
+        "zstd" => {
+            ("zstd", Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| DecodeError::Corrupt("zstd", e))?))
+        }
+        other => return Err(DecodeError::UnsupportedEncoding(other.to_owned())),
+    })
 }
 
 /// Whether `b` starts with a zlib header (RFC 1950: deflate method, header checksum).
@@ -148,6 +165,18 @@ mod tests {
             Err(DecodeError::Corrupt("br", _))
         ));
         assert!(matches!(decode("compress", Bytes::from_static(b"x"), 1000), Err(DecodeError::UnsupportedEncoding(_))));
+    }
+
+    #[test]
+    fn a_chain_stops_at_the_limit_without_whole_stages() {
+        // A gzip bomb inside zstd: the zstd stage is small, the gzip stage would be 10 MB.
+        let inner = gzip(&vec![0u8; 10 << 20]);
+        let outer = zstd::stream::encode_all(&inner[..], 3).unwrap();
+        let codings = codings("gzip, zstd").unwrap();
+        assert!(matches!(decode_codings(&codings, Bytes::from(outer), 4096), Err(DecodeError::TooLarge(4096))));
+        // A brotli bomb (809 bytes of 1 GiB of zeros) stops at the limit too.
+        let br = Bytes::from_static(include_bytes!("../../tests/data/zeros_1gib.br"));
+        assert!(matches!(decode("br", br, 1 << 20), Err(DecodeError::TooLarge(_))));
     }
 
     #[test]

@@ -7,9 +7,11 @@
 
 mod decode;
 mod encode;
+mod pool;
 
 pub use decode::{codings, decode, decode_codings, gunzip_whole, gzip_isize, looks_like_zlib, DecodeError};
 pub use encode::{algorithm_for, compress, OFFLOAD_BYTES, ZSTD_MIN_BYTES};
+pub use pool::DecodePool;
 
 /// How a body is encoded (also the `compression` setting: `gzip`, `zstd` or `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Deserialize)]

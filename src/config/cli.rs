@@ -69,6 +69,19 @@ pub(super) struct Cli {
     /// Most inbound connections open at once.
     #[arg(long, env = "SENTRY_SIDECAR_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count)]
     pub(super) max_connections: Option<usize>,
+    /// A request's headers must arrive within this; a connection that stalls is closed.
+    #[arg(long, env = "SENTRY_SIDECAR_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub(super) header_read_timeout: Option<Duration>,
+    /// A request body that makes no progress for this long is answered 408 and its connection closed.
+    #[arg(long, env = "SENTRY_SIDECAR_BODY_READ_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub(super) body_read_timeout: Option<Duration>,
+    /// Slowest body upload accepted, in bytes per second, once it has run for --body-read-timeout
+    /// (slower is a 408).
+    #[arg(long, env = "SENTRY_SIDECAR_BODY_MIN_RATE", value_name = "SIZE", value_parser = parse_size)]
+    pub(super) body_min_rate: Option<usize>,
+    /// A keep-alive connection idle this long is closed.
+    #[arg(long, env = "SENTRY_SIDECAR_KEEP_ALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub(super) keep_alive_timeout: Option<Duration>,
     /// Upstream connect (TCP + TLS) timeout.
     #[arg(long, env = "SENTRY_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub(super) connect_timeout: Option<Duration>,

@@ -50,6 +50,14 @@ pub(super) struct FileConfig {
     #[serde(deserialize_with = "count")]
     pub(super) max_connections: Option<usize>,
     #[serde(deserialize_with = "duration")]
+    pub(super) header_read_timeout: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub(super) body_read_timeout: Option<Duration>,
+    #[serde(deserialize_with = "size")]
+    pub(super) body_min_rate: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub(super) keep_alive_timeout: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
     pub(super) connect_timeout: Option<Duration>,
     #[serde(deserialize_with = "duration")]
     pub(super) request_timeout: Option<Duration>,

@@ -100,6 +100,14 @@ pub struct Config {
     pub max_decoded_bytes: usize,
     /// Inbound connection cap.
     pub max_connections: usize,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A request body with no progress for this long is answered 408.
+    pub body_read_timeout: Duration,
+    /// Slowest body upload accepted (bytes per second, checked after `body_read_timeout`).
+    pub body_min_rate: usize,
+    /// An idle keep-alive connection is closed after this long.
+    pub keep_alive_timeout: Duration,
     /// Upstream TCP+TLS connect timeout.
     pub connect_timeout: Duration,
     /// Upstream whole-request timeout.
@@ -206,6 +214,18 @@ impl Config {
         if retry_initial > retry_max {
             return Err(invalid("retry_initial", "must not be larger than retry_max"));
         }
+        let header_read_timeout = pick!(header_read_timeout, parse_duration);
+        let body_read_timeout = pick!(body_read_timeout, parse_duration);
+        let keep_alive_timeout = pick!(keep_alive_timeout, parse_duration);
+        for (key, d) in [
+            ("header_read_timeout", header_read_timeout),
+            ("body_read_timeout", body_read_timeout),
+            ("keep_alive_timeout", keep_alive_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
         if max_request_bytes > max_decoded_bytes {
             return Err(invalid("max_request_bytes", "must not be larger than max_decoded_bytes"));
         }
@@ -223,6 +243,10 @@ impl Config {
             max_request_bytes,
             max_decoded_bytes,
             max_connections: pick!(max_connections, parse_count),
+            header_read_timeout,
+            body_read_timeout,
+            body_min_rate: pick!(body_min_rate, parse_size),
+            keep_alive_timeout,
             connect_timeout: pick!(connect_timeout, parse_duration),
             request_timeout: pick!(request_timeout, parse_duration),
             pool_idle_timeout: pick!(pool_idle_timeout, parse_duration),

@@ -1,5 +1,5 @@
 //! The HTTP server side shared by the ingest and admin listeners: the accept loop with its
-//! connection cap and graceful drain ([`serve`]), the [`Handler`] trait both implement, and the
+//! connection cap, time limits and graceful drain ([`serve`]), the [`Handler`] trait both implement, and the
 //! JSON, error and CORS answers ([`response`]).
 //!
 //! [`Layered`] puts the admin endpoints in front of ingest when they share a listener, so that
@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::Request;
 
-pub use server::{serve, Handler};
+pub use server::{serve, Handler, ServeOptions};
 
 /// A handler for a few fixed paths that may answer before another handler sees the request.
 pub trait Prefix: Send + Sync + 'static {

@@ -2,13 +2,18 @@
 //! under a decoded limit.
 //!
 //! Both limits are hard: a body that grows past either stops being read (a zip bomb costs at most
-//! the limit in memory) and is answered 413. A broken stream is a 400.
+//! the limit in memory) and is answered 413. A broken stream is a 400; a body that stalls or
+//! trickles in below the minimum rate is a 408, so that a slow client cannot hold its connection
+//! (and its slot of the connection cap) for long. Decoding runs on a [`DecodePool`], off the async
+//! threads.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, DecodeError, DecodePool};
 
 /// Why a body could not be read or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +24,9 @@ pub enum BodyError {
     /// The client went away or sent a broken chunked stream.
     #[error("failed to read request body: {0}")]
     Read(String),
+    /// The body stalled, or came in slower than the minimum rate.
+    #[error("request body too slow: {0}")]
+    Timeout(String),
     /// A `Content-Encoding` we do not know.
     #[error("unsupported content encoding `{0}`")]
     UnsupportedEncoding(String),
@@ -33,37 +41,86 @@ impl From<DecodeError> for BodyError {
             DecodeError::TooLarge(n) => BodyError::TooLarge(n),
             DecodeError::UnsupportedEncoding(c) => BodyError::UnsupportedEncoding(c),
             DecodeError::Corrupt(name, e) => BodyError::Corrupt(name, e),
+            DecodeError::Interrupted(e) => BodyError::Read(e),
         }
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
-pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize) -> Result<Bytes, BodyError> {
+/// How slow a body may come in.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Longest wait for the next piece of the body.
+    pub stall: Duration,
+    /// Slowest average rate, in bytes per second, once the body has taken `stall`.
+    pub min_rate: usize,
+}
+
+/// Reads the whole body, refusing more than `limit` bytes and a body slower than `pace`.
+///
+/// The rate is checked as pieces arrive, so a body that trickles a byte just inside each stall
+/// window is still cut off once its average falls below the minimum.
+pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize, pace: Pace) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
-        Err(e) => Err(BodyError::Read(e.to_string())),
+    let mut body = body;
+    let started = Instant::now();
+    // The first piece is kept as it came (no copy) unless another follows.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout(pace.stall, body.frame()).await {
+            Err(_) => {
+                return Err(BodyError::Timeout(format!("no data for {} s", pace.stall.as_secs_f32())));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        let elapsed = started.elapsed();
+        if elapsed > pace.stall && (total as f64) < pace.min_rate as f64 * elapsed.as_secs_f64() {
+            return Err(BodyError::Timeout(format!(
+                "{total} bytes in {:.1} s is below {} bytes/s",
+                elapsed.as_secs_f64(),
+                pace.min_rate
+            )));
+        }
+        match (&mut first, &mut rest) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut buf = BytesMut::with_capacity(content_length.map_or(f.len() + data.len(), |l| l as usize));
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&data);
+                first = None;
+                rest = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
     }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
 }
 
-/// Decodes `body` per a `Content-Encoding` value, producing at most `limit` bytes. Bodies over
-/// 64 KiB are decoded off the async threads.
-pub async fn decode(encoding: Option<String>, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+/// Decodes `body` per a `Content-Encoding` value, producing at most `limit` bytes, on `pool`
+/// (never on the async threads: a small bomb decodes for as long as a large body).
+pub async fn decode(
+    pool: &DecodePool,
+    encoding: Option<String>,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     let Some(enc) = encoding else { return Ok(body) };
     let codings = codec::codings(&enc)?;
-    if codings.is_empty() {
-        return Ok(body);
-    }
-    if body.len() <= 64 * 1024 {
-        return Ok(codec::decode_codings(&codings, body, limit)?);
-    }
-    tokio::task::spawn_blocking(move || codec::decode_codings(&codings, body, limit))
-        .await
-        .map_err(|e| BodyError::Read(e.to_string()))?
-        .map_err(BodyError::from)
+    Ok(pool.decode(codings, body, limit).await?)
 }
 
 #[cfg(test)]
@@ -77,37 +134,47 @@ mod tests {
         Bytes::from(e.finish().unwrap())
     }
 
+    fn pool() -> DecodePool {
+        DecodePool::new(1)
+    }
+
     #[tokio::test]
     async fn codings() {
         let data = b"hello hello hello hello".repeat(10);
-        assert_eq!(decode(Some("gzip".into()), gzip(&data), 1000).await.unwrap(), data);
+        assert_eq!(decode(&pool(), Some("gzip".into()), gzip(&data), 1000).await.unwrap(), data);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(&data).unwrap();
-        assert_eq!(decode(Some("deflate".into()), Bytes::from(z.finish().unwrap()), 1000).await.unwrap(), data);
+        assert_eq!(
+            decode(&pool(), Some("deflate".into()), Bytes::from(z.finish().unwrap()), 1000).await.unwrap(),
+            data
+        );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         d.write_all(&data).unwrap();
-        assert_eq!(decode(Some("deflate".into()), Bytes::from(d.finish().unwrap()), 1000).await.unwrap(), data);
+        assert_eq!(
+            decode(&pool(), Some("deflate".into()), Bytes::from(d.finish().unwrap()), 1000).await.unwrap(),
+            data
+        );
         let zs = zstd::stream::encode_all(&data[..], 3).unwrap();
-        assert_eq!(decode(Some("zstd".into()), Bytes::from(zs), 1000).await.unwrap(), data);
-        assert_eq!(decode(Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
-        assert_eq!(decode(Some("".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
-        assert_eq!(decode(None, Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+        assert_eq!(decode(&pool(), Some("zstd".into()), Bytes::from(zs), 1000).await.unwrap(), data);
+        assert_eq!(decode(&pool(), Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+        assert_eq!(decode(&pool(), Some("".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+        assert_eq!(decode(&pool(), None, Bytes::from_static(b"x"), 10).await.unwrap(), "x");
     }
 
     #[tokio::test]
     async fn limits_and_garbage() {
         let bomb = gzip(&vec![0u8; 1_000_000]);
-        assert!(matches!(decode(Some("gzip".into()), bomb, 1000).await, Err(BodyError::TooLarge(1000))));
+        assert!(matches!(decode(&pool(), Some("gzip".into()), bomb, 1000).await, Err(BodyError::TooLarge(1000))));
         assert!(matches!(
-            decode(Some("gzip".into()), Bytes::from_static(b"not gzip"), 1000).await,
+            decode(&pool(), Some("gzip".into()), Bytes::from_static(b"not gzip"), 1000).await,
             Err(BodyError::Corrupt("gzip", _))
         ));
         assert!(matches!(
-            decode(Some("br".into()), Bytes::from_static(b"\xff\xff\xff\xff"), 1000).await,
+            decode(&pool(), Some("br".into()), Bytes::from_static(b"\xff\xff\xff\xff"), 1000).await,
             Err(BodyError::Corrupt("br", _))
         ));
         assert!(matches!(
-            decode(Some("compress".into()), Bytes::from_static(b"x"), 1000).await,
+            decode(&pool(), Some("compress".into()), Bytes::from_static(b"x"), 1000).await,
             Err(BodyError::UnsupportedEncoding(_))
         ));
     }

@@ -6,15 +6,24 @@
 //! sniffing) -> target (per-project/per-key route, default upstream, or capture) -> compression for
 //! the upstream (once, here) -> spool append -> `200 {"id": ...}`. Any refusal is a short JSON
 //! error with the right status, counted by reason.
+//!
+//! Input is strict where Sentry is: a path with dot segments, a transfer coding other than
+//! `chunked`, a `sentry_key` that is not 32 hex characters, or credentials whose keys disagree
+//! are refused here rather than acknowledged and dropped upstream. An `/api/{id}/...` path the
+//! sidecar does not know is passed through synchronously ([`Forward`]), so the client hears the
+//! upstream's own answer.
 
 pub mod body;
+mod forward;
 pub mod route;
+
+pub use forward::{Answer, Forward, ForwardError, Forwarding, Passthrough};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,7 +31,7 @@ use hyper::Request;
 use metrics::counter;
 
 use crate::clock::now_ms;
-use crate::codec::{self, Encoding};
+use crate::codec::{self, DecodePool, Encoding};
 use crate::config::Config;
 use crate::http::{response, Handler};
 use crate::limits::{RateLimits, Scoping};
@@ -30,7 +39,7 @@ use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, End
 use crate::routing::{Routes, Target};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::telemetry as t;
-use body::BodyError;
+use body::{BodyError, Pace};
 
 /// Legacy store events over this size are refused, as Sentry does.
 const MAX_STORE_EVENT: usize = 1024 * 1024;
@@ -66,6 +75,7 @@ impl From<BodyError> for Refusal {
         let (status, reason) = match &e {
             BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             BodyError::Read(_) => (StatusCode::BAD_REQUEST, "body_read"),
+            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding"),
             BodyError::Corrupt(..) => (StatusCode::BAD_REQUEST, "corrupt_body"),
         };
@@ -87,7 +97,20 @@ impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Refusal {
         match e {
             AuthError::UnsupportedVersion(_) => Refusal::new(StatusCode::BAD_REQUEST, "auth", e.to_string()),
+            AuthError::InvalidKey => Refusal::new(StatusCode::UNAUTHORIZED, "invalid_key", e.to_string()),
+            AuthError::Conflict(..) => Refusal::new(StatusCode::UNAUTHORIZED, "auth_conflict", e.to_string()),
             _ => Refusal::new(StatusCode::UNAUTHORIZED, "auth", e.to_string()),
+        }
+    }
+}
+
+impl From<ForwardError> for Refusal {
+    fn from(e: ForwardError) -> Refusal {
+        match e {
+            ForwardError::Timeout => Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", e.to_string()),
+            ForwardError::Unreachable(_) => {
+                Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string())
+            }
         }
     }
 }
@@ -120,12 +143,21 @@ pub struct Ingest {
     routes: Arc<Routes>,
     spool: Arc<dyn Spool>,
     limits: Arc<RateLimits>,
+    forward: Option<Arc<dyn Forward>>,
+    decoders: DecodePool,
 }
 
 impl Ingest {
-    /// An ingest handler that routes by `routes`, appends to `spool` and answers 429 by `limits`.
-    pub fn new(cfg: Arc<Config>, routes: Arc<Routes>, spool: Arc<dyn Spool>, limits: Arc<RateLimits>) -> Ingest {
-        Ingest { cfg, routes, spool, limits }
+    /// An ingest handler that routes by `routes`, appends to `spool`, answers 429 by `limits` and
+    /// passes unknown paths through `forward` (`None` in capture mode: they are 404).
+    pub fn new(
+        cfg: Arc<Config>,
+        routes: Arc<Routes>,
+        spool: Arc<dyn Spool>,
+        limits: Arc<RateLimits>,
+        forward: Option<Arc<dyn Forward>>,
+    ) -> Ingest {
+        Ingest { cfg, routes, spool, limits, forward, decoders: DecodePool::sized_for_host() }
     }
 
     async fn route(
@@ -134,6 +166,15 @@ impl Ingest {
         peer: SocketAddr,
     ) -> (Endpoint, Result<Response<Full<Bytes>>, Refusal>) {
         let path = req.uri().path();
+        if route::has_dot_segment(path) {
+            return (
+                Endpoint::Other,
+                Err(Refusal::new(StatusCode::BAD_REQUEST, "dot_segment", "dot segments are not allowed in the path")),
+            );
+        }
+        if let Err(refusal) = check_transfer_encoding(req.headers()) {
+            return (Endpoint::Other, Err(refusal));
+        }
         if path == self.cfg.tunnel_path {
             return (Endpoint::Tunnel, self.tunnel(req, peer).await);
         }
@@ -152,6 +193,9 @@ impl Ingest {
         let endpoint = api.endpoint;
         let project_id = api.project_id;
         let path_key = api.path_key.map(str::to_owned);
+        if endpoint == Endpoint::Other {
+            return (endpoint, self.pass_through(req, project_id).await);
+        }
         (endpoint, self.ingest(req, endpoint, project_id, path_key).await)
     }
 
@@ -173,13 +217,11 @@ impl Ingest {
             return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed"));
         }
         let (parts, incoming) = req.into_parts();
-        let header_auth = header_auth(&parts.headers)?;
-        let query = parts.uri.query().unwrap_or("");
-        let query_auth = Auth::from_query(query)?;
-        let auth = match (header_auth, query_auth) {
-            (Some(_), Some(_)) => return Err(AuthError::Multiple.into()),
-            (a, b) => a.or(b),
-        };
+        let auth = request_auth(&parts.headers, parts.uri.query().unwrap_or(""))?;
+        let mut key = auth.as_ref().map(|(source, a)| (*source, a.public_key.clone()));
+        if let Some(k) = &path_key {
+            agree(&mut key, "the path", k)?;
+        }
         let body = self.read_body(&parts.headers, incoming).await?;
 
         let mut headers = kept_headers(&parts.headers);
@@ -190,9 +232,14 @@ impl Ingest {
         let body = match endpoint {
             Endpoint::Envelope => {
                 let env = Envelope::parse(body)?;
-                if auth.is_none() {
-                    let dsn = env.dsn.as_deref().ok_or(AuthError::Missing)?;
-                    envelope_key = Some(Dsn::parse(dsn)?.public_key);
+                match env.dsn.as_deref().map(Dsn::parse) {
+                    Some(Ok(dsn)) => {
+                        agree(&mut key, "the envelope's dsn", &dsn.public_key)?;
+                        envelope_key = Some(dsn.public_key);
+                    }
+                    // An unreadable dsn matters only when nothing else carries the key.
+                    Some(Err(e)) if key.is_none() => return Err(e.into()),
+                    _ => {}
                 }
                 event_id = env.event_id.clone();
                 categories = env.categories();
@@ -232,7 +279,7 @@ impl Ingest {
             }
         };
         let public_key = match (auth, envelope_key, path_key) {
-            (Some(a), _, _) => a.public_key,
+            (Some((_, a)), _, _) => a.public_key,
             (None, Some(k), _) | (None, None, Some(k)) => k,
             (None, None, None) => return Err(AuthError::Missing.into()),
         };
@@ -297,7 +344,8 @@ impl Ingest {
     async fn read_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Bytes, Refusal> {
         let content_length =
             headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes).await?;
+        let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
+        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes, pace).await?;
         let encoding = match headers.get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(
@@ -306,7 +354,52 @@ impl Ingest {
                     .to_owned(),
             ),
         };
-        Ok(body::decode(encoding, raw, self.cfg.max_decoded_bytes).await?)
+        Ok(body::decode(&self.decoders, encoding, raw, self.cfg.max_decoded_bytes).await?)
+    }
+
+    /// An `/api/{id}/...` path the sidecar does not know: sent to the upstream now, its answer
+    /// handed back as it came; nothing is spooled. Credentials are checked as on every route when
+    /// present, but not required: the upstream decides what the path needs.
+    async fn pass_through(
+        &self,
+        req: Request<Incoming>,
+        project_id: Option<u64>,
+    ) -> Result<Response<Full<Bytes>>, Refusal> {
+        if req.method() == Method::OPTIONS {
+            return Ok(response::preflight());
+        }
+        if req.method() != Method::POST && req.method() != Method::GET {
+            return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed"));
+        }
+        let (parts, incoming) = req.into_parts();
+        let key = request_auth(&parts.headers, parts.uri.query().unwrap_or(""))?.map(|(_, a)| a.public_key);
+        let not_found = || Refusal::new(StatusCode::NOT_FOUND, "not_found", "unknown ingest path");
+        let Some(forward) = &self.forward else { return Err(not_found()) };
+        let Target::Upstream(upstream) = self.routes.target_for(project_id.unwrap_or(0), key.as_deref().unwrap_or(""))
+        else {
+            return Err(not_found());
+        };
+        let content_length =
+            parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
+        let body = body::read(incoming, content_length, self.cfg.max_request_bytes, pace).await?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in parts.headers.iter().filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str()) || *k == CONTENT_ENCODING)
+        {
+            headers.append(k.clone(), v.clone());
+        }
+        let path_and_query =
+            parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let answer =
+            forward.forward(Passthrough { upstream, method: parts.method, path_and_query, headers, body }).await?;
+        let mut r = Response::new(Full::new(answer.body));
+        *r.status_mut() = answer.status;
+        for name in forward::ANSWER_HEADERS {
+            if let Some(v) = answer.headers.get(*name) {
+                r.headers_mut().insert(*name, v.clone());
+            }
+        }
+        Ok(r)
     }
 
     /// With `--answer-429`: refuses a record whose categories are all rate limited upstream, with
@@ -344,7 +437,7 @@ impl Ingest {
             .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_no_dsn", "the envelope header has no dsn"))?;
         let dsn =
             Dsn::parse(dsn_str).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", e.to_string()))?;
-        if !dsn.public_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if crate::protocol::dsn::check_key(&dsn.public_key).is_err() {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "tunnel_bad_dsn", "invalid public key in dsn"));
         }
         // The allow-list entry, not the client, decides scheme and host.
@@ -362,13 +455,15 @@ impl Ingest {
             .map(owned_header)
             .collect();
         headers.push((CONTENT_TYPE, HeaderValue::from_static("application/x-sentry-envelope")));
+        // Only an address is passed on: anything else in the header is the client's say-so.
         let client_ip = parts
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|| peer.ip().to_string());
+            .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
+            .unwrap_or_else(|| peer.ip())
+            .to_string();
         if let Ok(v) = HeaderValue::from_str(&client_ip) {
             headers.push((HeaderName::from_static("x-sentry-forwarded-for"), v));
         }
@@ -392,21 +487,62 @@ impl Ingest {
     }
 }
 
-fn header_auth(headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
-    let mut found = None;
-    for name in ["x-sentry-auth", "authorization"] {
-        if let Some(v) = headers.get(name) {
-            let s = v.to_str().map_err(|_| AuthError::Invalid("not ASCII"))?;
-            if name == "authorization" && !s.trim_start().to_ascii_lowercase().starts_with("sentry ") {
-                continue;
-            }
-            if found.is_some() {
-                return Err(AuthError::Multiple.into());
-            }
-            found = Some(Auth::from_header(s)?);
+/// The credentials of the headers and the query, with where they came from: every
+/// `X-Sentry-Auth`, a `Sentry` `Authorization` and the query may each carry a key; each must be
+/// well formed, and they must all be the same key.
+fn request_auth(headers: &HeaderMap, query: &str) -> Result<Option<(&'static str, Auth)>, Refusal> {
+    let mut found: Option<(&'static str, Auth)> = None;
+    let mut key = None;
+    let mut take = |source: &'static str, auth: Auth| -> Result<(), Refusal> {
+        agree(&mut key, source, &auth.public_key)?;
+        found.get_or_insert((source, auth));
+        Ok(())
+    };
+    for v in headers.get_all("x-sentry-auth") {
+        let s = v.to_str().map_err(|_| AuthError::Invalid("not ASCII"))?;
+        take("X-Sentry-Auth", Auth::from_header(s)?)?;
+    }
+    for v in headers.get_all("authorization") {
+        let s = v.to_str().map_err(|_| AuthError::Invalid("not ASCII"))?;
+        // Other schemes (Bearer, Basic) belong to someone else: a proxy in front, say.
+        if s.trim_start().get(..7).is_some_and(|h| h.eq_ignore_ascii_case("sentry ")) {
+            take("Authorization", Auth::from_header(s)?)?;
         }
     }
+    if let Some(a) = Auth::from_query(query)? {
+        take("the query", a)?;
+    }
     Ok(found)
+}
+
+/// Checks that `candidate` (from `source`) is a well-formed key and the same as the key seen so far,
+/// then remembers it.
+fn agree(seen: &mut Option<(&'static str, String)>, source: &'static str, candidate: &str) -> Result<(), Refusal> {
+    crate::protocol::dsn::check_key(candidate)?;
+    match seen {
+        Some((first, k)) if k != candidate => Err(AuthError::Conflict(source, first).into()),
+        Some(_) => Ok(()),
+        None => {
+            *seen = Some((source, candidate.to_owned()));
+            Ok(())
+        }
+    }
+}
+
+/// Refuses a `Transfer-Encoding` with any coding but `chunked`. hyper refuses one that does not end
+/// in `chunked` (400) but would pass `gzip, chunked` on with the gzip layer left in the body.
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Refusal> {
+    for v in headers.get_all(TRANSFER_ENCODING) {
+        let ok = v.to_str().is_ok_and(|s| s.split(',').all(|c| c.trim().eq_ignore_ascii_case("chunked")));
+        if !ok {
+            return Err(Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer_encoding",
+                "only the chunked transfer coding is supported",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn kept_headers(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {

@@ -44,6 +44,28 @@ pub fn parse(path: &str) -> Result<ApiPath<'_>, PathError> {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment, written plainly or percent-encoded (`%2e%2e`). Such a
+/// path means something else to every server that normalises it (`/api/7/../../metrics` is
+/// `/metrics`), so it is refused rather than routed by one reading and forwarded to be read by
+/// another.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let mut rest = seg.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e') {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
+}
+
 fn parse_after_api(rest: &str) -> Option<ApiPath<'_>> {
     let mut segs = rest.split('/');
     let first = segs.next()?;
@@ -102,6 +124,18 @@ mod tests {
         assert_eq!((a.endpoint, a.path_key), (Endpoint::Unreal, Some("abc")));
         let a = parse("/api/42/cron/nightly/abc/").unwrap();
         assert_eq!((a.endpoint, a.path_key), (Endpoint::Cron, Some("abc")));
+    }
+
+    #[test]
+    fn dot_segments() {
+        for bad in
+            ["/api/7/../../metrics", "/api/7/%2e%2e/%2E%2E/metrics", "/api/./7/envelope/", "/api/7/.%2e/x", "/.."]
+        {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/api/7/envelope/", "/api/7/...", "/api/7/a.b/", "/api/7/%2e%2ex/", "/"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
     }
 
     #[test]

@@ -48,9 +48,12 @@ pub enum AuthError {
     /// No `sentry_key` anywhere in the request.
     #[error("missing authorization information")]
     Missing,
-    /// Credentials in more than one place (header and query): Sentry refuses these too.
-    #[error("multiple authorization payloads")]
-    Multiple,
+    /// Credentials in more than one place whose keys differ (the same key twice is fine).
+    #[error("conflicting authorization: the sentry_key in {0} differs from the one in {1}")]
+    Conflict(&'static str, &'static str),
+    /// A `sentry_key` that is not 32 hexadecimal characters (a project key, as Sentry requires).
+    #[error("invalid sentry_key: a public key is 32 hexadecimal characters")]
+    InvalidKey,
     /// An auth header without a `sentry_key`, or an unparsable one.
     #[error("invalid authorization header: {0}")]
     Invalid(&'static str),
@@ -106,6 +109,17 @@ impl Dsn {
     /// The path of this DSN's envelope endpoint with query auth, as the browser tunnel forwards it.
     pub fn envelope_path_with_query_auth(&self) -> String {
         format!("/api/{}/envelope/?sentry_key={}&sentry_version=7", self.project_id, self.public_key)
+    }
+}
+
+/// Whether `key` has the shape of a Sentry public key: 32 hexadecimal characters. Anything else
+/// (control characters, a CR/LF smuggled through a decoded query, a truncated key) Sentry would
+/// refuse, so the sidecar refuses it before acknowledging.
+pub fn check_key(key: &str) -> Result<(), AuthError> {
+    if key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidKey)
     }
 }
 
@@ -228,6 +242,20 @@ mod tests {
         );
         assert!(Auth::from_header("Sentry sentry_version=7").is_err());
         assert!(Auth::from_header("Bearer abc").is_err());
+    }
+
+    #[test]
+    fn keys_are_32_hex_characters() {
+        assert_eq!(check_key("0123456789abcdef0123456789ABCDEF"), Ok(()));
+        for bad in [
+            "",
+            "abc",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef\r\n0123456789abcd",
+        ] {
+            assert_eq!(check_key(bad), Err(AuthError::InvalidKey), "{bad:?}");
+        }
     }
 
     #[test]

@@ -116,16 +116,7 @@ impl UpstreamClient {
     /// request timeout and classifies the answer. Never panics on network input.
     pub async fn send(&self, req: Request) -> Attempt {
         let sent_bytes = req.body.len();
-        let mut headers = req.headers;
-        if let Some(enc) = req.encoding.content_encoding() {
-            headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
-        }
-        headers.insert(CONTENT_LENGTH, http::HeaderValue::from(sent_bytes));
-        let mut outgoing = http::Request::new(Full::new(req.body));
-        *outgoing.method_mut() = req.method;
-        *outgoing.uri_mut() = req.uri;
-        *outgoing.headers_mut() = headers;
-        let req = outgoing;
+        let req = outgoing(req);
         let fut = async {
             let resp = self.client.request(req).await?;
             let (parts, body) = resp.into_parts();
@@ -152,6 +143,50 @@ impl UpstreamClient {
             },
         }
     }
+}
+
+/// Why [`UpstreamClient::exchange`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// No whole answer within the request timeout.
+    #[error("no answer within the request timeout")]
+    Timeout,
+    /// Connect, TLS or protocol failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl UpstreamClient {
+    /// Sends `req` like [`UpstreamClient::send`] but hands back the answer itself (its body cut at
+    /// `max_body` bytes), for a request passed through to the client as it is.
+    pub async fn exchange(&self, req: Request, max_body: usize) -> Result<http::Response<Bytes>, ExchangeError> {
+        let req = outgoing(req);
+        let fut = async {
+            let resp = self.client.request(req).await.map_err(|e| ExchangeError::Failed(error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| ExchangeError::Failed(e.to_string()))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(self.request_timeout, fut).await.map_err(|_| ExchangeError::Timeout)?
+    }
+}
+
+/// The hyper request for `req`, with the framing headers set from its body.
+fn outgoing(req: Request) -> http::Request<Full<Bytes>> {
+    let mut headers = req.headers;
+    if let Some(enc) = req.encoding.content_encoding() {
+        headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
+    }
+    headers.insert(CONTENT_LENGTH, http::HeaderValue::from(req.body.len()));
+    let mut outgoing = http::Request::new(Full::new(req.body));
+    *outgoing.method_mut() = req.method;
+    *outgoing.uri_mut() = req.uri;
+    *outgoing.headers_mut() = headers;
+    outgoing
 }
 
 /// Whether the error says the upstream never processed the request: a `REFUSED_STREAM` reset,

@@ -12,5 +12,5 @@ mod limit;
 mod request;
 
 pub use classify::{classify, Outcome};
-pub use client::{Attempt, UpstreamClient, UpstreamError};
+pub use client::{Attempt, ExchangeError, UpstreamClient, UpstreamError};
 pub use request::Request;
