@@ -176,10 +176,7 @@ fn envelope(event_id: &str) -> String {
         "message": "Test event from `sentry-sidecar send-test-event`",
     })
     .to_string();
-    format!(
-        "{{\"event_id\":\"{event_id}\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{payload}\n",
-        payload.len()
-    )
+    format!("{{\"event_id\":\"{event_id}\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{payload}\n", payload.len())
 }
 
 /// The `detail` of a JSON error answer, or the body as it is.
@@ -216,17 +213,16 @@ fn http(
     s.read_to_end(&mut raw).map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or(ToolError::NotHttp(addr))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or(ToolError::NotHttp(addr))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or(ToolError::NotHttp(addr))?;
     Ok((status, body.to_owned()))
 }
 
-/// One `/metrics` page, as (name, labels, value) rows.
+/// One series of a `/metrics` page: its name, its labels and its value.
+type Row = (String, Vec<(String, String)>, f64);
+
+/// One `/metrics` page.
 struct Scrape {
-    rows: Vec<(String, Vec<(String, String)>, f64)>,
+    rows: Vec<Row>,
 }
 
 impl Scrape {
