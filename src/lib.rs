@@ -35,6 +35,7 @@
 //! | [`capture`] | the local sink used when no upstream is configured | `spool` |
 //! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `telemetry`, `upstream` |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `http`, `spool`, `telemetry` |
+//! | [`cli_tools`] | the binary's helpers: `check-config` (settings and their sources) and `send-test-event` (one event through a running sidecar, and its fate) | `config`, `protocol`, `telemetry` |
 //!
 //! # Threads
 //!
@@ -48,6 +49,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod cli_tools;
 pub mod clock;
 pub mod codec;
 pub mod config;

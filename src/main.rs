@@ -1,20 +1,28 @@
 //! The `sentry-sidecar` binary: parse the configuration, set up logs and metrics, run until SIGTERM
-//! or SIGINT, then shut down gracefully.
+//! or SIGINT, then shut down gracefully; or run one of its helpers (`check-config`,
+//! `send-test-event`) with the same configuration.
 
 use anyhow::Context;
-use sentry_sidecar::config::{Config, LogFormat};
-use sentry_sidecar::Sidecar;
+use sentry_sidecar::config::{Config, Invocation, LogFormat, Tool};
+use sentry_sidecar::{cli_tools, Sidecar};
 
 fn main() {
     sentry_sidecar::sys::limit_malloc_arenas();
-    let cfg = match Config::load() {
-        Ok(c) => c,
+    let inv = match Invocation::from_process() {
+        Ok(i) => i,
         Err(e) => {
             eprintln!("sentry-sidecar: {e}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(cfg) {
+    match &inv.tool {
+        None => {}
+        Some(Tool::CheckConfig) => std::process::exit(cli_tools::check_config(&inv)),
+        Some(Tool::SendTestEvent { dsn, wait }) => {
+            std::process::exit(cli_tools::send_test_event(&inv.config, dsn.as_ref(), *wait))
+        }
+    }
+    if let Err(e) = run(inv.config) {
         eprintln!("sentry-sidecar: {}", one_line(&e));
         std::process::exit(1);
     }

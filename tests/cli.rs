@@ -240,3 +240,131 @@ fn a_busy_port_is_one_line_with_the_os_error_once() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
 }
+
+/// `check-config` prints every effective setting with its source, the DSN keys masked, and
+/// changes nothing: it neither listens nor creates the spool.
+#[test]
+fn check_config_prints_each_setting_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:4567\"\nspool_dir = \"{}\"\ntunnel_allow = [\"https://{KEY}@o1.ingest.sentry.io/42\"]\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .env("SENTRY_SIDECAR_BATCH_SIZE", "7")
+        .args(["check-config", "--retry-max", "10s", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let row = |key: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no row for {key} in\n{text}"))
+            .to_owned()
+    };
+    assert!(text.starts_with("configuration is valid"), "{text}");
+    assert!(row("batch_size").contains("= 7") && row("batch_size").ends_with("[env]"), "{text}");
+    assert!(row("retry_max").contains("= 10s") && row("retry_max").ends_with("[flag]"), "{text}");
+    assert!(row("listen").contains("127.0.0.1:4567") && row("listen").ends_with("[file]"), "{text}");
+    assert!(row("gzip_level").contains("= 1") && row("gzip_level").ends_with("[default]"), "{text}");
+    assert!(row("upstream").contains("capture mode") && row("upstream").ends_with("[unset]"), "{text}");
+    assert!(row("tunnel_allow").contains("https://0123****@o1.ingest.sentry.io/42"), "{text}");
+    assert!(!text.contains(KEY), "the key is masked: {text}");
+    assert!(!dir.path().join("spool").exists(), "check-config created the spool");
+}
+
+/// An invalid configuration is one line on stderr and exit code 2, as for the sidecar itself;
+/// so is a CA file that the sidecar would only fail to read when it starts.
+#[test]
+fn check_config_exits_2_on_an_invalid_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[[routes]]\nproject = 1\nupstreem = \"https://x\"\n").unwrap();
+    let out = bin().arg("check-config").arg("--config").arg(&file).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("routes[0].upstreem"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let out = bin().args(["check-config", "--ca-file"]).arg(dir.path().join("missing.pem")).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`ca_file`") && err.contains("missing.pem"), "{err}");
+}
+
+fn send_test_event(addr: SocketAddr, extra: &[&str]) -> (Option<i32>, String) {
+    let out = bin().args(["send-test-event", "--listen", &addr.to_string()]).args(extra).output().unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// In capture mode the test event is accepted and captured, and the tool says where it went.
+#[test]
+fn send_test_event_through_a_capturing_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = bin()
+        .args(["--listen", &addr.to_string(), "--spool-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(addr, &mut child);
+    let (code, text) = send_test_event(addr, &[]);
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("accepted: event "), "{text}");
+    assert!(text.contains("captured") && text.contains("capture.jsonl"), "{text}");
+    let id = text.split("event ").nth(1).unwrap().split_whitespace().next().unwrap();
+    assert!(std::fs::read_to_string(dir.path().join("capture.jsonl")).unwrap().contains(id));
+}
+
+/// Forwarding to a TLS upstream the event is delivered; to a dead upstream the tool says it was
+/// not, with the spool, the attempts and `/readyz`; with no sidecar at all, that it is not there.
+#[test]
+fn send_test_event_says_delivered_or_why_not() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let pki = Pki::new();
+    let up = rt.block_on(Upstream::start(&pki));
+    let dir = tempfile::tempdir().unwrap();
+    let dead = rt.block_on(dead_port());
+    let run = |upstream: String, extra: &[&str]| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut child = bin()
+            .args(["--listen", &addr.to_string(), "--upstream", &upstream, "--retry-max", "1s", "--spool-dir"])
+            .arg(dir.path().join(format!("spool-{}", addr.port())))
+            .arg("--ca-file")
+            .arg(&pki.ca_file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_ready(addr, &mut child);
+        let got = send_test_event(addr, extra);
+        sigterm(&child);
+        assert!(child.wait().unwrap().success());
+        got
+    };
+    let dsn = format!("http://{KEY}@127.0.0.1/42");
+    let (code, text) = run(up.url().as_str().to_owned(), &["--dsn", &dsn]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("accepted") && text.contains("delivered"), "{text}");
+    assert_eq!(up.received().len(), 1);
+
+    let (code, text) = run(format!("https://127.0.0.1:{dead}"), &["--wait", "2s"]);
+    assert_eq!(code, Some(1), "{text}");
+    for part in ["accepted", "not delivered within 2s", "/readyz: {", "spool: 1 envelopes", "upstream attempts"] {
+        assert!(text.contains(part), "{part} missing from\n{text}");
+    }
+
+    let (code, text) = send_test_event(SocketAddr::from(([127, 0, 0, 1], dead)), &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot reach the sidecar at 127.0.0.1:"), "{text}");
+}

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::values::*;
@@ -27,7 +28,11 @@ use crate::routing::UpstreamUrl;
 /// file > default).
 #[derive(Parser, Debug, Default)]
 #[command(name = "sentry-sidecar", version, about, long_about = None, max_term_width = 100)]
+#[command(disable_help_subcommand = true)]
 pub(super) struct Cli {
+    /// A helper to run instead of the sidecar (none = run the sidecar).
+    #[command(subcommand)]
+    pub(super) tool: Option<Tool>,
     /// TOML config file; keys are the flag names with `_` (e.g. spool_dir), plus [[routes]].
     #[arg(long, env = "SENTRY_SIDECAR_CONFIG", value_name = "FILE")]
     pub(super) config: Option<PathBuf>,
@@ -156,26 +161,80 @@ pub(super) struct Cli {
     pub(super) log_level: Option<String>,
 }
 
+/// A helper the binary runs instead of the sidecar. The settings are the sidecar's own flags
+/// (global, so they may come before or after the helper's name), so a helper reads the same
+/// configuration the sidecar would.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Tool {
+    /// Validate the configuration (flags, environment, --config file) and print every effective
+    /// setting with where it came from, secrets masked; exit 2 if it is invalid.
+    CheckConfig,
+    /// Send one small event through a running sidecar (at --listen; /readyz and /metrics on
+    /// --admin-listen if set) and report what happened to it: accepted or refused, then
+    /// delivered, captured, or why not.
+    SendTestEvent {
+        /// DSN whose key and project the event carries [default: a made-up key for project 1,
+        /// which capture mode accepts and a real Sentry refuses].
+        #[arg(long, value_name = "DSN", value_parser = parse_dsn)]
+        dsn: Option<Dsn>,
+        /// How long to watch the sidecar for the event's fate.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+        wait: Duration,
+    },
+}
+
+/// Where a flag-or-environment setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Given {
+    /// On the command line.
+    Flag,
+    /// In its `SENTRY_SIDECAR_*` variable.
+    Env,
+}
+
 /// The clap command, with each flag's built-in default appended to its help from the table.
 pub(super) fn command() -> clap::Command {
-    Cli::command().mut_args(|arg| match defaults::of(arg.get_id().as_str()) {
-        Some(value) => {
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            arg.help(format!("{help} [default: {value}]"))
+    Cli::command().mut_args(|arg| {
+        // Global, so `sentry-sidecar check-config --config f.toml` reads as the sidecar would.
+        let arg = arg.global(true);
+        match defaults::of(arg.get_id().as_str()) {
+            Some(value) => {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} [default: {value}]"))
+            }
+            None => arg,
         }
-        None => arg,
     })
 }
 
 /// Parses `args` (and the environment); `--help` and `--version` print and exit here.
+#[cfg(test)]
 pub(super) fn parse(args: &[OsString]) -> Result<Cli, ConfigError> {
+    parse_with_sources(args).map(|(cli, _)| cli)
+}
+
+/// [`parse`], and for each setting given, whether it was a flag or an environment variable.
+pub(super) fn parse_with_sources(args: &[OsString]) -> Result<(Cli, Vec<(String, Given)>), ConfigError> {
     let mut cmd = command();
     let matches = match cmd.try_get_matches_from_mut(args) {
         Ok(m) => m,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => return Err(ConfigError::Cli(describe(&e, &cmd, args))),
     };
-    Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(describe(&e, &cmd, args)))
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(describe(&e, &cmd, args)))?;
+    let given = cmd
+        .get_arguments()
+        .filter_map(|arg| {
+            let id = arg.get_id().as_str();
+            let given = match matches.try_contains_id(id).ok()?.then(|| matches.value_source(id)).flatten()? {
+                ValueSource::CommandLine => Given::Flag,
+                ValueSource::EnvVariable => Given::Env,
+                _ => return None,
+            };
+            Some((id.to_owned(), given))
+        })
+        .collect();
+    Ok((cli, given))
 }
 
 /// One line for a clap error; a bad value is put as "invalid value for NAME: why", where NAME is

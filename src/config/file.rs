@@ -25,6 +25,9 @@ use crate::routing::UpstreamUrl;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileConfig {
+    /// The top-level keys the file sets, for `check-config` to say where a value came from.
+    #[serde(skip)]
+    pub(super) keys: Vec<String>,
     #[serde(deserialize_with = "addr")]
     pub(super) listen: Option<SocketAddr>,
     #[serde(deserialize_with = "addr")]
@@ -121,7 +124,7 @@ pub(super) fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Parses a config document; `path` is only for messages.
 pub(super) fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
+    let mut file: FileConfig = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| s.start);
         let key = at.and_then(|at| DeTable::parse(text).ok().and_then(|doc| place(doc.get_ref(), at, "")));
         match key {
@@ -137,7 +140,12 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> 
                 },
             },
         }
-    })
+    })?;
+    // The document parsed above, so this cannot fail; an empty list would only lose the sources.
+    file.keys = DeTable::parse(text)
+        .map(|doc| doc.get_ref().iter().map(|(k, _)| k.get_ref().to_string()).collect())
+        .unwrap_or_default();
+    Ok(file)
 }
 
 /// The key whose name or value is at byte `at`, as a user would name it: `listen`,

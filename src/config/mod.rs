@@ -17,12 +17,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cli::Tool;
 pub use values::{DeliveryOrder, Durability, FullPolicy, LogFormat, RateLimitPolicy};
 
 use crate::codec::Encoding;
 use crate::protocol::Dsn;
 use crate::routing::{RouteRule, UpstreamUrl};
-use cli::Cli;
+use cli::{Cli, Given};
 use file::FileConfig;
 use values::*;
 
@@ -169,13 +170,70 @@ impl Config {
 
     /// Reads flags and environment from the process, then the config file, and validates.
     pub fn load() -> Result<Config, ConfigError> {
-        let args: Vec<OsString> = std::env::args_os().collect();
-        let cli = cli::parse(&args)?;
-        let file = match &cli.config {
-            Some(path) => file::read(path)?,
-            None => FileConfig::default(),
-        };
-        Config::resolve(cli, file)
+        Invocation::from_process().map(|i| i.config)
+    }
+
+    /// Every setting as a user would write it (`5m`, `20MiB`, `drop-oldest`), in `--help`'s
+    /// order, with DSN keys masked: what `check-config` prints. A setting whose absence means
+    /// something says what it means.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let or = |v: Option<String>, none: &str| v.unwrap_or_else(|| format!("(none: {none})"));
+        let mut out = vec![
+            ("listen", self.listen.to_string()),
+            ("admin_listen", or(self.admin_listen.map(|a| a.to_string()), "served on listen")),
+            ("upstream", or(self.upstream.as_ref().map(|u| u.as_str().to_owned()), "capture mode")),
+            ("spool_dir", self.spool_dir.display().to_string()),
+            ("ca_file", or(self.ca_file.as_ref().map(|p| p.display().to_string()), "the built-in web PKI roots")),
+            ("tunnel_path", self.tunnel_path.clone()),
+            (
+                "tunnel_allow",
+                or(
+                    (!self.tunnel_allow.is_empty())
+                        .then(|| self.tunnel_allow.iter().map(masked_dsn).collect::<Vec<_>>().join(", ")),
+                    "the tunnel is off",
+                ),
+            ),
+            ("compression", enum_name(&self.compression)),
+            ("gzip_level", self.gzip_level.to_string()),
+            ("max_request_bytes", size(self.max_request_bytes as u64)),
+            ("max_decoded_bytes", size(self.max_decoded_bytes as u64)),
+            ("max_connections", self.max_connections.to_string()),
+            ("connect_timeout", duration(self.connect_timeout)),
+            ("request_timeout", duration(self.request_timeout)),
+            ("pool_idle_timeout", duration(self.pool_idle_timeout)),
+            ("h2_concurrency", self.h2_concurrency.to_string()),
+            ("h1_connections", self.h1_connections.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("retry_initial", duration(self.retry_initial)),
+            ("retry_max", duration(self.retry_max)),
+            ("shutdown_timeout", duration(self.shutdown_timeout)),
+            ("worker_threads", self.worker_threads.to_string()),
+            ("durability", enum_name(&self.durability)),
+            ("spool_max_bytes", size(self.spool_max_bytes)),
+            ("spool_max_age", duration(self.spool_max_age)),
+            ("spool_full_policy", enum_name(&self.spool_full_policy)),
+            ("delivery_order", enum_name(&self.delivery_order)),
+            ("memory_spool_bytes", size(self.memory_spool_bytes)),
+            ("rate_limit_policy", enum_name(&self.rate_limit_policy)),
+            ("max_hold", duration(self.max_hold)),
+            ("answer_429", self.answer_429.to_string()),
+            ("drain_rate", self.drain_rate.to_string()),
+            ("circuit_grace", duration(self.circuit_grace)),
+            ("log_format", enum_name(&self.log_format)),
+            ("log_level", self.log_level.clone()),
+        ];
+        let routes = self.routes.iter().map(|r| {
+            let mut on = Vec::new();
+            if let Some(p) = r.project {
+                on.push(format!("project {p}"));
+            }
+            if let Some(k) = &r.key {
+                on.push(format!("key {}", mask_key(k)));
+            }
+            format!("{} -> {}", on.join(" and "), r.upstream.as_str())
+        });
+        out.push(("routes", or((!self.routes.is_empty()).then(|| routes.collect::<Vec<_>>().join("; ")), "none")));
+        out
     }
 
     /// Parses a TOML document as a config file would be (for tests and `--config`).
@@ -272,6 +330,123 @@ impl Config {
             log_level: pick!(log_level, parse_text),
         })
     }
+}
+
+/// Where a setting's effective value came from, as `check-config` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// A `SENTRY_SIDECAR_*` environment variable.
+    Env,
+    /// The `--config` file.
+    File,
+    /// The built-in default.
+    Default,
+    /// Not set anywhere, and no default: its absence has a meaning of its own.
+    Unset,
+}
+
+impl Source {
+    /// The word `check-config` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Env => "env",
+            Source::File => "file",
+            Source::Default => "default",
+            Source::Unset => "unset",
+        }
+    }
+}
+
+/// What the command line asks for (the sidecar, or one of its helpers) with the configuration
+/// either would use, and where each setting came from.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The helper to run; `None` runs the sidecar.
+    pub tool: Option<Tool>,
+    /// The validated configuration.
+    pub config: Config,
+    /// The `--config` file, if one was read.
+    pub config_file: Option<PathBuf>,
+    sources: Vec<(String, Source)>,
+}
+
+impl Invocation {
+    /// Reads the process's arguments and environment, then the config file, and validates.
+    pub fn from_process() -> Result<Invocation, ConfigError> {
+        Invocation::parse(&std::env::args_os().collect::<Vec<_>>())
+    }
+
+    /// [`Invocation::from_process`] for the given arguments (the first is the program's name).
+    pub fn parse(args: &[OsString]) -> Result<Invocation, ConfigError> {
+        let (mut cli, given) = cli::parse_with_sources(args)?;
+        let file = match &cli.config {
+            Some(path) => file::read(path)?,
+            None => FileConfig::default(),
+        };
+        let mut sources: Vec<(String, Source)> = given
+            .into_iter()
+            .map(|(key, g)| (key, if g == Given::Flag { Source::Flag } else { Source::Env }))
+            .collect();
+        for key in &file.keys {
+            if !sources.iter().any(|(k, _)| k == key) {
+                sources.push((key.clone(), Source::File));
+            }
+        }
+        let tool = cli.tool.take();
+        let config_file = cli.config.clone();
+        let config = Config::resolve(cli, file)?;
+        Ok(Invocation { tool, config, config_file, sources })
+    }
+
+    /// Where the effective value of `key` (a TOML key) came from.
+    pub fn source(&self, key: &str) -> Source {
+        match self.sources.iter().find(|(k, _)| k == key) {
+            Some((_, s)) => *s,
+            None if defaults::of(key).is_some() => Source::Default,
+            None => Source::Unset,
+        }
+    }
+}
+
+/// An enum setting's name as it is written (`drop-oldest`).
+fn enum_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
+}
+
+/// A size in the largest binary unit that divides it (`20MiB`), as the defaults are written.
+fn size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A duration in the largest unit that divides it (`5m`, `24h`), as the defaults are written.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= per && ms % per == 0 {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A DSN key with all but its first four characters hidden: enough to tell two keys apart.
+fn mask_key(key: &str) -> String {
+    let shown: String = key.chars().take(4).collect();
+    format!("{shown}****")
+}
+
+/// A DSN with its key masked.
+fn masked_dsn(dsn: &Dsn) -> String {
+    let prefix = if dsn.prefix.is_empty() { String::new() } else { format!("/{}", dsn.prefix) };
+    format!("{}://{}@{}{prefix}/{}", dsn.scheme, mask_key(&dsn.public_key), dsn.authority, dsn.project_id)
 }
 
 #[cfg(test)]
@@ -394,5 +569,85 @@ mod tests {
             let c = Config::from_toml(&format!("{key} = {value:?}")).unwrap_or_else(|e| panic!("{key}: {e}"));
             assert_eq!(format!("{c:?}"), base, "{key} = {value:?}");
         }
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    /// `check-config` shows each default exactly as the table writes it, so its output can be
+    /// pasted into a config file.
+    #[test]
+    fn settings_show_each_default_as_the_table_writes_it() {
+        let inv = Invocation::parse(&args(&["sentry-sidecar", "check-config"])).unwrap();
+        assert!(matches!(inv.tool, Some(Tool::CheckConfig)));
+        let settings = inv.config.settings();
+        for (key, value) in defaults::DEFAULTS {
+            let shown = settings.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{key} not shown"));
+            assert_eq!(shown.1, *value, "{key}");
+            assert_eq!(inv.source(key), Source::Default, "{key}");
+        }
+        assert_eq!(inv.source("upstream"), Source::Unset);
+        assert!(settings.contains(&("upstream", "(none: capture mode)".to_owned())));
+    }
+
+    /// Every flag has a row in `check-config`'s output, and every row is a flag (or `routes`).
+    #[test]
+    fn settings_cover_every_flag() {
+        let keys: Vec<&str> = Config::from_toml("").unwrap().settings().iter().map(|(k, _)| *k).collect();
+        let cmd = cli::command();
+        let flags: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).filter(|id| *id != "config").collect();
+        for flag in &flags {
+            assert!(keys.contains(flag), "--{flag} is not in the settings");
+        }
+        for key in &keys {
+            assert!(flags.contains(key) || *key == "routes", "{key} is not a flag");
+        }
+    }
+
+    #[test]
+    fn sources_say_flag_file_default_or_unset_and_keys_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "batch_size = 5\nlisten = \"127.0.0.1:5000\"\n\
+             tunnel_allow = [\"https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/42\"]\n\
+             [[routes]]\nkey = \"fedcba9876543210fedcba9876543210\"\nupstream = \"https://x.example\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        // Settings before and after the helper's name both count.
+        let inv = Invocation::parse(&args(&["sentry-sidecar", "--batch-size", "9", "check-config", "--config", path]))
+            .unwrap();
+        assert_eq!(inv.config.batch_size, 9);
+        assert_eq!(inv.source("batch_size"), Source::Flag);
+        assert_eq!(inv.source("config"), Source::Flag);
+        assert_eq!(inv.source("listen"), Source::File);
+        assert_eq!(inv.source("routes"), Source::File);
+        assert_eq!(inv.source("retry_max"), Source::Default);
+        assert_eq!(inv.source("ca_file"), Source::Unset);
+        let text = format!("{:?}", inv.config.settings());
+        assert!(text.contains("https://0123****@o1.ingest.sentry.io/42"), "{text}");
+        assert!(text.contains("key fedc**** -> https://x.example"), "{text}");
+        assert!(!text.contains("0123456789abcdef") && !text.contains("fedcba98765"), "{text}");
+    }
+
+    #[test]
+    fn send_test_event_takes_its_own_options_and_the_sidecars() {
+        let inv = Invocation::parse(&args(&[
+            "sentry-sidecar",
+            "send-test-event",
+            "--listen",
+            "127.0.0.1:4000",
+            "--dsn",
+            "https://k@o1.ingest.sentry.io/7",
+        ]))
+        .unwrap();
+        assert_eq!(inv.config.listen.port(), 4000);
+        let Some(Tool::SendTestEvent { dsn: Some(dsn), wait }) = inv.tool else { panic!("{:?}", inv.tool) };
+        assert_eq!((dsn.project_id, wait), (7, Duration::from_secs(10)));
+        assert_eq!(duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(size(1536), "1536");
     }
 }
