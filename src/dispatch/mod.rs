@@ -270,6 +270,10 @@ pub struct Dispatcher {
     stopping: AtomicBool,
     /// Failed spool writes since the last line about them.
     spool_log: Mutex<Quiet>,
+    /// Records in delivery tasks, and whether they were released while there: a release must
+    /// not reschedule a row a task holds (the row would be read and sent a second time while the
+    /// task still has it), so the task's own retry is made due at once instead.
+    in_tasks: Mutex<std::collections::HashMap<u64, bool>>,
 }
 
 impl Dispatcher {
@@ -298,6 +302,7 @@ impl Dispatcher {
             clock,
             stopping: AtomicBool::new(false),
             spool_log: Mutex::new(Quiet::default()),
+            in_tasks: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -344,6 +349,10 @@ impl Dispatcher {
                     Ok(batch) => {
                         pacer.spend(batch.len());
                         let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
+                        {
+                            let mut in_tasks = lock(&self.in_tasks);
+                            in_tasks.extend(batch.iter().map(|q| (q.id, false)));
+                        }
                         for q in batch {
                             tasks.spawn(self.clone().deliver(q));
                         }
@@ -422,19 +431,28 @@ impl Dispatcher {
         let mut retries = Vec::new();
         let mut drops = Vec::new();
         let now = self.clock.now_ms();
-        for d in done {
-            match d {
-                Ok(Settle::Ack { id }) => acks.push(id),
-                Ok(Settle::Retry { id, due_ms, count_attempt }) => {
-                    retries.push(Reschedule { id, due_ms, count_attempt })
+        {
+            let mut in_tasks = lock(&self.in_tasks);
+            for d in done {
+                match d {
+                    Ok(Settle::Ack { id }) => {
+                        in_tasks.remove(&id);
+                        acks.push(id)
+                    }
+                    Ok(Settle::Retry { id, due_ms, count_attempt }) => {
+                        let released = in_tasks.remove(&id).unwrap_or(false);
+                        let due_ms = if released { due_ms.min(now) } else { due_ms };
+                        retries.push(Reschedule { id, due_ms, count_attempt })
+                    }
+                    Ok(Settle::Drop { id, dropped }) => {
+                        in_tasks.remove(&id);
+                        acks.push(id);
+                        drops.push(*dropped);
+                    }
+                    // A delivery task cannot panic on input; if one did, its record stays leased until
+                    // restart rather than being lost.
+                    Err(e) => tracing::error!(error = %e, "delivery task failed"),
                 }
-                Ok(Settle::Drop { id, dropped }) => {
-                    acks.push(id);
-                    drops.push(*dropped);
-                }
-                // A delivery task cannot panic on input; if one did, its record stays leased until
-                // restart rather than being lost.
-                Err(e) => tracing::error!(error = %e, "delivery task failed"),
             }
         }
         // A failed ack or reschedule keeps its records leased in the spool, which retries the
@@ -691,6 +709,16 @@ impl Dispatcher {
             self.recovered.store(true, Ordering::Release);
         }
         held.retain(|i| *i != own);
+        {
+            let mut in_tasks = lock(&self.in_tasks);
+            held.retain(|i| match in_tasks.get_mut(i) {
+                Some(released) => {
+                    *released = true;
+                    false
+                }
+                None => true,
+            });
+        }
         if held.is_empty() {
             return;
         }
