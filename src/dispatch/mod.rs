@@ -602,6 +602,8 @@ impl Dispatcher {
         if verdict == Verdict::Failed && state.is_open() {
             // In flight when the circuit opened: it waits with the held ones for the probe's
             // answer, not for its own backoff (minutes, after a few attempts).
+            // Still a failed attempt, counted as the retry it is.
+            counter!(t::RETRIES, "reason" => "transient").increment(1);
             verdict = Verdict::Held { until: state.circuit().hold(q.id, done) };
         }
         let answer = match verdict {
