@@ -153,6 +153,13 @@ pub(super) struct Cli {
     /// stops and single probes back off.
     #[arg(long, env = "SENTRY_SIDECAR_CIRCUIT_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub(super) circuit_grace: Option<Duration>,
+    /// Consecutive transient failures that open an upstream's circuit (or `circuit_grace` of
+    /// them, whichever comes first).
+    #[arg(long, env = "SENTRY_SIDECAR_CIRCUIT_FAILURES", value_name = "N", value_parser = parse_count)]
+    pub(super) circuit_failures: Option<usize>,
+    /// Longest wait between two probes of an upstream whose circuit is open (at most 10s).
+    #[arg(long, env = "SENTRY_SIDECAR_PROBE_MAX_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub(super) probe_max_interval: Option<Duration>,
     /// Log format: text or json.
     #[arg(long, env = "SENTRY_SIDECAR_LOG_FORMAT", value_name = "FORMAT", hide_possible_values = true)]
     pub(super) log_format: Option<LogFormat>,

@@ -25,7 +25,7 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("request_timeout", "30s"),
     ("pool_idle_timeout", "50s"),
     ("h2_concurrency", "64"),
-    ("h1_connections", "4"),
+    ("h1_connections", "64"),
     ("batch_size", "256"),
     ("retry_initial", "1s"),
     ("retry_max", "5m"),
@@ -42,6 +42,8 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("answer_429", "false"),
     ("drain_rate", "1000"),
     ("circuit_grace", "5s"),
+    ("circuit_failures", "3"),
+    ("probe_max_interval", "5s"),
     ("log_format", "text"),
     ("log_level", "info"),
 ];

@@ -98,6 +98,10 @@ pub(super) struct FileConfig {
     pub(super) drain_rate: Option<u32>,
     #[serde(deserialize_with = "duration")]
     pub(super) circuit_grace: Option<Duration>,
+    #[serde(deserialize_with = "count")]
+    pub(super) circuit_failures: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub(super) probe_max_interval: Option<Duration>,
     pub(super) log_format: Option<LogFormat>,
     #[serde(deserialize_with = "text")]
     pub(super) log_level: Option<String>,

@@ -152,6 +152,10 @@ pub struct Config {
     pub drain_rate: u32,
     /// How long an upstream may fail with only transient errors before its circuit opens.
     pub circuit_grace: Duration,
+    /// Consecutive transient failures that open an upstream's circuit.
+    pub circuit_failures: usize,
+    /// Longest wait between two probes of an upstream whose circuit is open.
+    pub probe_max_interval: Duration,
     /// Log format for `main`.
     pub log_format: LogFormat,
     /// Log filter for `main` (`info`, `sentry_sidecar=debug`, ...).
@@ -284,6 +288,11 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero"));
             }
         }
+        let probe_max_interval = pick!(probe_max_interval, parse_duration);
+        if probe_max_interval > Duration::from_secs(10) || probe_max_interval.is_zero() {
+            // Longer, and a recovered upstream waits that long for its backlog to move.
+            return Err(invalid("probe_max_interval", "must be between 1ms and 10s"));
+        }
         if max_request_bytes > max_decoded_bytes {
             return Err(invalid("max_request_bytes", "must not be larger than max_decoded_bytes"));
         }
@@ -326,6 +335,8 @@ impl Config {
             answer_429: pick!(answer_429, parse_bool),
             drain_rate: pick!(drain_rate, parse_rate),
             circuit_grace: pick!(circuit_grace, parse_duration),
+            circuit_failures: pick!(circuit_failures, parse_count),
+            probe_max_interval,
             log_format: pick!(log_format, parse_enum),
             log_level: pick!(log_level, parse_text),
         })
@@ -538,7 +549,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.pool_idle_timeout, Duration::from_secs(50));
         assert_eq!(c.h2_concurrency, 64);
-        assert_eq!(c.h1_connections, 4);
+        assert_eq!(c.h1_connections, 64);
         assert_eq!(c.batch_size, 256);
         assert_eq!(c.retry_initial, Duration::from_secs(1));
         assert_eq!(c.retry_max, Duration::from_secs(300));
@@ -555,6 +566,8 @@ mod tests {
         assert!(!c.answer_429);
         assert_eq!(c.drain_rate, 1000);
         assert_eq!(c.circuit_grace, Duration::from_secs(5));
+        assert_eq!(c.circuit_failures, 3);
+        assert_eq!(c.probe_max_interval, Duration::from_secs(5));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_level, "info");
         assert_eq!((c.admin_listen, c.upstream.is_none(), c.ca_file.is_none()), (None, true, true));

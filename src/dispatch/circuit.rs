@@ -1,6 +1,12 @@
-//! One upstream's circuit: after a grace period of nothing but transient failures, sending stops;
-//! one record at a time probes the upstream with capped, jittered backoff, and the first real
-//! answer closes the circuit and releases the records it held.
+//! One upstream's circuit: after a few consecutive transient failures (or a grace period of
+//! nothing else, whichever comes first), sending stops; one record at a time probes the upstream,
+//! the probe interval backing off up to its own cap, and the first real answer closes the circuit
+//! and releases the records it held.
+//!
+//! A count, not only a time: at full rate a grace of seconds was thousands of failing requests
+//! (and TLS handshakes) against an upstream already in trouble. The probe's cap is its own and
+//! short (seconds, not the per-envelope `retry_max` of minutes), so a recovered upstream sees its
+//! backlog moving within seconds.
 //!
 //! It is plain state with `now` passed in (unix ms) and no metrics or logs: the caller reports the
 //! [`Change`]s it returns, and the tests drive it through any timeline without a clock.
@@ -11,15 +17,21 @@ use super::backoff::backoff;
 use super::ms;
 use crate::upstream::Outcome;
 
+/// A probe out longer than this is taken as lost (its task went away without an answer), so the
+/// circuit cannot stay "probing" forever.
+const PROBE_LOST_MS: u64 = 120_000;
+
 /// The circuit's timing, from the dispatch settings.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
-    /// Transient failures for this long open the circuit.
+    /// Consecutive transient failures that open the circuit.
+    pub(super) failures: u32,
+    /// Transient failures for this long open the circuit (if the count did not first).
     pub(super) grace: Duration,
     /// First probe delay, and the least a held record waits.
     pub(super) retry_initial: Duration,
     /// Longest probe delay.
-    pub(super) retry_max: Duration,
+    pub(super) probe_max: Duration,
 }
 
 /// What the circuit says about sending one record now.
@@ -34,8 +46,10 @@ pub(super) enum Admit {
 /// A change of state the caller reports (gauge and log).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Change {
-    /// Failing for `failing_for_ms` past the grace: the circuit opened.
+    /// Consecutive transient failures opened the circuit.
     Opened {
+        /// How many failures in a row.
+        failures: u32,
         /// How long the upstream had been failing.
         failing_for_ms: u64,
     },
@@ -50,11 +64,13 @@ pub(super) enum Change {
 #[derive(Debug)]
 pub(super) struct Circuit {
     timing: Timing,
+    failures: u32,
     failing_since: Option<u64>,
     open: bool,
     probe_at: u64,
     probe_attempt: u32,
-    probing: bool,
+    /// The record probing now, and since when.
+    probe: Option<(u64, u64)>,
     held: Vec<u64>,
 }
 
@@ -63,11 +79,12 @@ impl Circuit {
     pub(super) fn new(timing: Timing) -> Circuit {
         Circuit {
             timing,
+            failures: 0,
             failing_since: None,
             open: false,
             probe_at: 0,
             probe_attempt: 0,
-            probing: false,
+            probe: None,
             held: Vec::new(),
         }
     }
@@ -83,48 +100,74 @@ impl Circuit {
         if !self.open {
             return Admit::Send;
         }
-        if self.probing || now < self.probe_at {
-            self.held.push(id);
-            return Admit::Hold(self.probe_at.max(now + ms(self.timing.retry_initial)));
+        if self.probe.is_some_and(|(_, since)| now.saturating_sub(since) > PROBE_LOST_MS) {
+            self.probe = None;
         }
-        self.probing = true;
+        if self.probe.is_some() || now < self.probe_at {
+            return Admit::Hold(self.hold(id, now));
+        }
+        self.probe = Some((id, now));
         Admit::Send
     }
 
-    /// Feeds an attempt's outcome at `now`: a transient failure says the upstream is unwell, any
+    /// Holds record `id` (one that failed while the circuit was open, or that it did not admit)
+    /// until the next probe time; it is released when the circuit closes. Returns its due time.
+    pub(super) fn hold(&mut self, id: u64, now: u64) -> u64 {
+        if !self.held.contains(&id) {
+            self.held.push(id);
+        }
+        self.probe_at.max(now + ms(self.timing.retry_initial))
+    }
+
+    /// Feeds record `id`'s outcome at `now`: a transient failure says the upstream is unwell, any
     /// real answer that it is well. A refusal says nothing about its health either way, so the
-    /// circuit stays as it is.
-    pub(super) fn observe(&mut self, outcome: &Outcome, now: u64) -> Option<Change> {
+    /// circuit stays as it is; but a refused probe is over, and the next record probes at the
+    /// same interval.
+    pub(super) fn observe(&mut self, id: u64, outcome: &Outcome, now: u64) -> Option<Change> {
+        let t = self.timing;
+        let is_probe = self.probe.is_some_and(|(p, _)| p == id);
         let transient = match outcome {
-            Outcome::Refused { .. } => return None,
+            Outcome::Refused { .. } => {
+                if is_probe {
+                    self.probe = None;
+                    self.probe_at = now + ms(backoff(self.probe_attempt, t.retry_initial, t.probe_max));
+                }
+                return None;
+            }
             Outcome::Transient { .. } => true,
             Outcome::Delivered { .. } | Outcome::Rejected { .. } | Outcome::RateLimited { .. } => false,
         };
-        let t = self.timing;
         if !transient {
+            self.failures = 0;
             self.failing_since = None;
             if !self.open {
                 return None;
             }
             self.open = false;
-            self.probing = false;
+            self.probe = None;
             self.probe_attempt = 0;
             return Some(Change::Closed { held: std::mem::take(&mut self.held) });
         }
         if self.open {
-            self.probing = false;
-            self.probe_attempt = self.probe_attempt.saturating_add(1);
-            self.probe_at = now + ms(backoff(self.probe_attempt, t.retry_initial, t.retry_max));
+            // Requests that were in flight when it opened fail too; only the probe's failure
+            // moves the probe on.
+            if is_probe {
+                self.probe = None;
+                self.probe_attempt = self.probe_attempt.saturating_add(1);
+                self.probe_at = now + ms(backoff(self.probe_attempt, t.retry_initial, t.probe_max));
+            }
             return None;
         }
+        self.failures = self.failures.saturating_add(1);
         let since = *self.failing_since.get_or_insert(now);
-        if now.saturating_sub(since) < ms(t.grace) {
+        if self.failures < t.failures.max(1) && now.saturating_sub(since) < ms(t.grace) {
             return None;
         }
         self.open = true;
+        self.probe = None;
         self.probe_attempt = 0;
-        self.probe_at = now + ms(backoff(0, t.retry_initial, t.retry_max));
-        Some(Change::Opened { failing_for_ms: now - since })
+        self.probe_at = now + ms(backoff(0, t.retry_initial, t.probe_max));
+        Some(Change::Opened { failures: self.failures, failing_for_ms: now - since })
     }
 }
 
@@ -148,34 +191,38 @@ mod tests {
 
     fn circuit() -> Circuit {
         Circuit::new(Timing {
+            failures: 3,
             grace: Duration::from_secs(10),
             retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(8),
+            probe_max: Duration::from_secs(8),
         })
     }
 
-    /// Opens `c` at `t0 + 10 s` after transient failures since `t0`.
+    /// Opens `c` at `t0` with three failures in a row.
     fn open(c: &mut Circuit, t0: u64) -> u64 {
-        assert_eq!(c.observe(&fail(), t0), None);
-        let at = t0 + 10 * SEC;
-        assert_eq!(c.observe(&fail(), at), Some(Change::Opened { failing_for_ms: 10 * SEC }));
-        at
+        assert_eq!(c.observe(90, &fail(), t0), None);
+        assert_eq!(c.observe(91, &fail(), t0), None);
+        assert_eq!(c.observe(92, &fail(), t0), Some(Change::Opened { failures: 3, failing_for_ms: 0 }));
+        t0
     }
 
     #[test]
-    fn opens_only_after_the_grace_of_nothing_but_failures() {
+    fn opens_after_a_few_failures_in_a_row_or_the_grace_whichever_first() {
         let mut c = circuit();
-        assert_eq!(c.observe(&fail(), 0), None);
-        assert_eq!(c.observe(&fail(), 9 * SEC), None, "still within the grace");
+        assert_eq!(c.observe(1, &fail(), 0), None);
+        assert_eq!(c.observe(2, &fail(), 10), None);
+        assert_eq!(c.admit(3, 20), Admit::Send);
+        // A real answer in between starts the count again.
+        assert_eq!(c.observe(3, &ok(), 20), None);
+        assert_eq!(c.observe(4, &fail(), 30), None);
+        assert_eq!(c.observe(5, &fail(), 40), None);
         assert!(!c.is_open());
-        assert_eq!(c.admit(1, 9 * SEC), Admit::Send);
-        // A real answer in between starts the grace again.
-        assert_eq!(c.observe(&ok(), 9 * SEC + 1), None);
-        assert_eq!(c.observe(&fail(), 12 * SEC), None);
-        assert_eq!(c.observe(&fail(), 21 * SEC), None);
-        assert!(!c.is_open());
-        assert_eq!(c.observe(&fail(), 22 * SEC), Some(Change::Opened { failing_for_ms: 10 * SEC }));
+        assert_eq!(c.observe(6, &fail(), 50), Some(Change::Opened { failures: 3, failing_for_ms: 20 }));
         assert!(c.is_open());
+        // Slow failures (one per connect timeout) open it after the grace.
+        let mut c = circuit();
+        assert_eq!(c.observe(1, &fail(), 0), None);
+        assert_eq!(c.observe(2, &fail(), 10 * SEC), Some(Change::Opened { failures: 2, failing_for_ms: 10 * SEC }));
     }
 
     #[test]
@@ -189,8 +236,12 @@ mod tests {
         let due = opened + SEC;
         assert_eq!(c.admit(2, due), Admit::Send, "the probe");
         assert_eq!(c.admit(3, due), Admit::Hold(due + SEC), "one probe at a time");
+        // A request that was in flight when it opened fails: nothing moves.
+        let probe_at = c.probe_at;
+        assert_eq!(c.observe(92, &fail(), due + 5), None);
+        assert_eq!((c.probe_at, c.probe.map(|p| p.0)), (probe_at, Some(2)));
         // A failed probe backs off further (attempt 1: 1 s to 2 s) and lets the next one go then.
-        assert_eq!(c.observe(&fail(), due + 10), None);
+        assert_eq!(c.observe(2, &fail(), due + 10), None);
         assert!(c.is_open());
         assert!((due + 10 + SEC..=due + 10 + 2 * SEC).contains(&c.probe_at), "{}", c.probe_at - due);
         assert!(matches!(c.admit(4, due + 20), Admit::Hold(_)));
@@ -201,53 +252,71 @@ mod tests {
     fn a_real_answer_closes_and_releases_the_held_records() {
         let mut c = circuit();
         let opened = open(&mut c, 0);
-        for id in [7, 8] {
+        for id in [7, 8, 7] {
             assert!(matches!(c.admit(id, opened), Admit::Hold(_)));
         }
         assert_eq!(c.admit(9, opened + 2 * SEC), Admit::Send);
-        assert_eq!(c.observe(&ok(), opened + 2 * SEC), Some(Change::Closed { held: vec![7, 8] }));
+        assert_eq!(c.observe(9, &ok(), opened + 2 * SEC), Some(Change::Closed { held: vec![7, 8] }));
         assert!(!c.is_open());
         assert_eq!(c.admit(10, opened + 2 * SEC), Admit::Send);
-        // Closed, the grace starts over, and nothing is held twice.
-        assert_eq!(c.observe(&fail(), opened + 3 * SEC), None);
-        assert_eq!(c.observe(&ok(), opened + 4 * SEC), None);
+        // Closed, the count starts over, and nothing is held twice.
+        assert_eq!(c.observe(10, &fail(), opened + 3 * SEC), None);
+        assert_eq!(c.observe(11, &ok(), opened + 4 * SEC), None);
         assert!(c.held.is_empty());
     }
 
     #[test]
-    fn a_refusal_does_not_count_either_way() {
+    fn a_refusal_does_not_count_either_way_but_ends_the_probe() {
         let mut c = circuit();
-        assert_eq!(c.observe(&fail(), 0), None);
-        // It neither restarts the grace (as an answer would) ...
-        assert_eq!(c.observe(&refused(), 5 * SEC), None);
-        assert_eq!(c.observe(&fail(), 10 * SEC), Some(Change::Opened { failing_for_ms: 10 * SEC }));
+        assert_eq!(c.observe(1, &fail(), 0), None);
+        assert_eq!(c.observe(2, &fail(), 0), None);
+        // It neither restarts the count (as an answer would) ...
+        assert_eq!(c.observe(3, &refused(), 5), None);
+        assert_eq!(c.observe(4, &fail(), 10), Some(Change::Opened { failures: 3, failing_for_ms: 10 }));
         // ... nor closes an open circuit, nor opens a closed one.
-        assert_eq!(c.observe(&refused(), 11 * SEC), None);
+        assert_eq!(c.observe(5, &refused(), 11), None);
         assert!(c.is_open());
+        // A refused probe is over: the next record probes after the same interval, not never.
+        let t = c.probe_at;
+        assert_eq!(c.admit(6, t), Admit::Send);
+        assert_eq!(c.observe(6, &refused(), t + 1), None);
+        assert!(c.probe.is_none());
+        assert!((t + 1 + SEC / 2..=t + 1 + SEC).contains(&c.probe_at), "{}", c.probe_at - t);
+        assert_eq!(c.admit(7, t + 1 + SEC), Admit::Send);
         let mut c = circuit();
         for t in 0..30 {
-            assert_eq!(c.observe(&refused(), t * SEC), None);
+            assert_eq!(c.observe(t, &refused(), t * SEC), None);
         }
         assert!(!c.is_open());
         // Every other answer is a real one: a 429 or a 4xx closes the circuit too.
         let mut c = circuit();
         open(&mut c, 0);
         let limited = Outcome::RateLimited { retry_after: Duration::from_secs(1), limits: vec![] };
-        assert_eq!(c.observe(&limited, 20 * SEC), Some(Change::Closed { held: vec![] }));
+        assert_eq!(c.observe(1, &limited, 20 * SEC), Some(Change::Closed { held: vec![] }));
         open(&mut c, 30 * SEC);
         let rejected = Outcome::Rejected { status: 400, detail: None, limits: vec![] };
-        assert_eq!(c.observe(&rejected, 50 * SEC), Some(Change::Closed { held: vec![] }));
+        assert_eq!(c.observe(1, &rejected, 50 * SEC), Some(Change::Closed { held: vec![] }));
     }
 
     #[test]
-    fn probe_delays_grow_and_cap() {
+    fn a_probe_that_never_answers_is_given_up() {
+        let mut c = circuit();
+        open(&mut c, 0);
+        let t = c.probe_at;
+        assert_eq!(c.admit(1, t), Admit::Send);
+        assert!(matches!(c.admit(2, t + PROBE_LOST_MS), Admit::Hold(_)));
+        assert_eq!(c.admit(3, t + PROBE_LOST_MS + 1), Admit::Send);
+    }
+
+    #[test]
+    fn probe_delays_grow_and_cap_at_their_own_maximum() {
         let mut c = circuit();
         let mut now = open(&mut c, 0);
         for _ in 0..10 {
             now = c.probe_at;
             assert_eq!(c.admit(1, now), Admit::Send);
-            assert_eq!(c.observe(&fail(), now), None);
+            assert_eq!(c.observe(1, &fail(), now), None);
         }
-        assert!(c.probe_at - now <= 8 * SEC && c.probe_at - now >= 4 * SEC, "capped at retry_max");
+        assert!(c.probe_at - now <= 8 * SEC && c.probe_at - now >= 4 * SEC, "capped at probe_max");
     }
 }

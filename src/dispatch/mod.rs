@@ -7,35 +7,45 @@
 //! Before a record is sent, two gates apply:
 //! - the rate-limit table ([`RateLimits`]): if every data category of the record is limited, it is
 //!   held until the limit ends (or dropped, by policy), without an upstream request;
-//! - the upstream's circuit: after `circuit_grace` of nothing but transient failures, sending
-//!   stops; one record at a time probes the upstream with capped, jittered backoff, and the first
-//!   real answer closes the circuit, releases the held records and starts a paced drain.
+//! - the end of a rate limit the upstream announced: one envelope of the scope probes, the rest
+//!   wait for its answer (`expiry`);
+//! - the upstream's circuit: after `circuit_failures` transient failures in a row, sending stops;
+//!   one record at a time probes the upstream, backing off up to `probe_max_interval`, and the
+//!   first real answer closes the circuit, releases the held records and starts a paced drain.
 //!
 //! Each upstream also starts with a single slot, so the first request opens one connection and
-//! learns by ALPN whether the upstream speaks HTTP/2; only then does it widen, to `h2_concurrency`
-//! streams over that one connection, or `h1_connections` keep-alive connections.
+//! learns by ALPN whether the upstream speaks HTTP/2; only its first real answer widens it, to
+//! `h2_concurrency` streams over that one connection, or, over HTTP/1.1, as many keep-alive
+//! connections as the work needs, up to `h1_connections` (`width`).
+//!
+//! On shutdown nothing new starts: a delivery that has not reached the transport yet puts its
+//! record back, and only the requests already in flight get the shutdown timeout.
 //!
 //! This file holds the loop and the side effects (spool, metrics, logs, the rate-limit table);
 //! the decisions live beside it, free of that state, so they are tested without a network or a
 //! clock:
-//! `circuit` (when to stop and probe), `pacer` (the drain's token bucket), `decide` (what a
-//! delivery asks of the spool), `request` (a record as the request the transport sends) and
-//! [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
+//! `circuit` (when to stop and probe), `expiry` (the probe at the end of a rate limit), `width`
+//! (the slots), `pacer` (the drain's token bucket), `decide` (what a delivery asks of the spool),
+//! `request` (a record as the request the transport sends), `quiet` (repeated log lines as one
+//! line with a count) and [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
 //! tests run on tokio's paused clock.
 
 mod backoff;
 mod circuit;
 mod decide;
+mod expiry;
 mod pacer;
+mod quiet;
 mod request;
+mod width;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use metrics::{counter, gauge};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -43,8 +53,11 @@ pub use backoff::backoff;
 
 use self::circuit::{Admit, Change, Circuit, Timing};
 use self::decide::{decide, Policy, Settle, Verdict};
+use self::expiry::{Answer, Gates};
 use self::pacer::Pacer;
+use self::quiet::Quiet;
 use self::request::Compression;
+use self::width::Width;
 use crate::capture::Capture;
 use crate::clock::Clock;
 use crate::codec::Encoding;
@@ -66,11 +79,11 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Streams per HTTP/2 upstream.
     pub h2_concurrency: usize,
-    /// Connections per HTTP/1.1 upstream.
+    /// Most connections per HTTP/1.1 upstream.
     pub h1_connections: usize,
     /// First retry delay.
     pub retry_initial: Duration,
-    /// Longest retry delay (and probe interval).
+    /// Longest retry delay of one envelope.
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_timeout: Duration,
@@ -82,6 +95,10 @@ pub struct DispatchConfig {
     pub drain_rate: u32,
     /// Transient failures for this long open the circuit.
     pub circuit_grace: Duration,
+    /// This many transient failures in a row open the circuit.
+    pub circuit_failures: usize,
+    /// Longest wait between two probes of an open circuit.
+    pub probe_max_interval: Duration,
     /// Outbound compression.
     pub compression: Encoding,
     /// The gzip level.
@@ -103,13 +120,20 @@ impl DispatchConfig {
             max_hold: c.max_hold,
             drain_rate: c.drain_rate,
             circuit_grace: c.circuit_grace,
+            circuit_failures: c.circuit_failures,
+            probe_max_interval: c.probe_max_interval,
             compression: c.compression,
             gzip_level: c.gzip_level,
         }
     }
 
     fn timing(&self) -> Timing {
-        Timing { grace: self.circuit_grace, retry_initial: self.retry_initial, retry_max: self.retry_max }
+        Timing {
+            failures: u32::try_from(self.circuit_failures).unwrap_or(u32::MAX),
+            grace: self.circuit_grace,
+            retry_initial: self.retry_initial,
+            probe_max: self.probe_max_interval,
+        }
     }
 
     fn policy(&self) -> Policy {
@@ -127,32 +151,72 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
 }
 
-/// Per-upstream state: concurrency slots and the circuit.
+/// Per-upstream state: concurrency slots, the circuit and the rate-limit gates.
 struct UpstreamState {
     name: UpstreamUrl,
     slots: Semaphore,
-    widened: AtomicBool,
+    width: Mutex<Width>,
+    /// Slots to take away as their permits come back (those in use when the width shrank).
+    debt: AtomicUsize,
     circuit: Mutex<Circuit>,
+    gates: Mutex<Gates>,
+    /// 429 answers since the last line about them.
+    limited_log: Mutex<Quiet>,
+}
+
+/// Locks `m`, going on with the data if a panicking thread poisoned it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl UpstreamState {
-    fn new(name: UpstreamUrl, timing: Timing) -> UpstreamState {
+    fn new(name: UpstreamUrl, timing: Timing, now: u64) -> UpstreamState {
         UpstreamState {
             name,
             slots: Semaphore::new(1),
-            widened: AtomicBool::new(false),
+            width: Mutex::new(Width::new(now)),
+            debt: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::new(timing)),
+            gates: Mutex::new(Gates::default()),
+            limited_log: Mutex::new(Quiet::default()),
         }
     }
 
     fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
-        self.circuit.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.circuit)
     }
 
-    fn widen(&self, version: http::Version, cfg: &DispatchConfig) {
-        if !self.widened.swap(true, Ordering::AcqRel) {
-            let width = if version == http::Version::HTTP_2 { cfg.h2_concurrency } else { cfg.h1_connections };
-            self.slots.add_permits(width.saturating_sub(1));
+    /// A slot, growing the width by one if every slot is busy and the width may grow; `None`
+    /// once the slots are closed (shutdown).
+    async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        match self.slots.try_acquire() {
+            Ok(p) => return Some(p),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        if lock(&self.width).queued() {
+            self.slots.add_permits(1);
+        }
+        self.slots.acquire().await.ok()
+    }
+
+    /// A real answer came over `version`: settles the width.
+    fn learn(&self, version: http::Version, cfg: &DispatchConfig) {
+        let h2 = version == http::Version::HTTP_2;
+        let added = lock(&self.width).learn(h2, cfg.h2_concurrency, cfg.h1_connections);
+        self.slots.add_permits(added);
+    }
+
+    /// Gives `slot` back after a request that took `latency_ms`, shrinking the width if the
+    /// window says it is wider than the work needs.
+    fn finished(&self, slot: SemaphorePermit<'_>, latency_ms: u64, now: u64) {
+        let fewer = lock(&self.width).finished(latency_ms, now);
+        if fewer > 0 {
+            let forgotten = self.slots.forget_permits(fewer);
+            self.debt.fetch_add(fewer - forgotten, Ordering::AcqRel);
+        }
+        if self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok() {
+            slot.forget();
         }
     }
 
@@ -160,16 +224,17 @@ impl UpstreamState {
         self.circuit().admit(id, now)
     }
 
-    /// Feeds an attempt's outcome to the circuit, reports a change; returns the held records to
+    /// Feeds record `id`'s outcome to the circuit, reports a change; returns the held records to
     /// release if it closed.
-    fn observe(&self, outcome: &Outcome, now: u64) -> Option<Vec<u64>> {
-        let change = self.circuit().observe(outcome, now)?;
+    fn observe(&self, id: u64, outcome: &Outcome, now: u64) -> Option<Vec<u64>> {
+        let change = self.circuit().observe(id, outcome, now)?;
         let upstream = self.name.as_str();
         match change {
-            Change::Opened { failing_for_ms } => {
+            Change::Opened { failures, failing_for_ms } => {
                 gauge!(t::CIRCUIT_OPEN, "upstream" => upstream.to_owned()).set(1.0);
                 tracing::warn!(
                     upstream,
+                    failures,
                     failing_for_ms,
                     "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
                 );
@@ -201,6 +266,14 @@ pub struct Dispatcher {
     compression: Compression,
     routes: Arc<Routes>,
     clock: Clock,
+    /// Set at shutdown: nothing new starts.
+    stopping: AtomicBool,
+    /// Failed spool writes since the last line about them.
+    spool_log: Mutex<Quiet>,
+    /// Records in delivery tasks, and whether they were released while there: a release must
+    /// not reschedule a row a task holds (the row would be read and sent a second time while the
+    /// task still has it), so the task's own retry is made due at once instead.
+    in_tasks: Mutex<std::collections::HashMap<u64, bool>>,
 }
 
 impl Dispatcher {
@@ -227,6 +300,9 @@ impl Dispatcher {
             cfg,
             routes,
             clock,
+            stopping: AtomicBool::new(false),
+            spool_log: Mutex::new(Quiet::default()),
+            in_tasks: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -273,6 +349,10 @@ impl Dispatcher {
                     Ok(batch) => {
                         pacer.spend(batch.len());
                         let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
+                        {
+                            let mut in_tasks = lock(&self.in_tasks);
+                            in_tasks.extend(batch.iter().map(|q| (q.id, false)));
+                        }
                         for q in batch {
                             tasks.spawn(self.clone().deliver(q));
                         }
@@ -315,6 +395,11 @@ impl Dispatcher {
                 _ = shutdown.changed() => break,
             }
         }
+        // Nothing new starts from here: deliveries waiting for a slot put their records back.
+        self.stopping.store(true, Ordering::Release);
+        for u in self.upstreams.iter() {
+            u.slots.close();
+        }
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
         let mut settled = Vec::new();
         while !tasks.is_empty() {
@@ -346,29 +431,40 @@ impl Dispatcher {
         let mut retries = Vec::new();
         let mut drops = Vec::new();
         let now = self.clock.now_ms();
-        for d in done {
-            match d {
-                Ok(Settle::Ack { id }) => acks.push(id),
-                Ok(Settle::Retry { id, due_ms, count_attempt }) => {
-                    retries.push(Reschedule { id, due_ms, count_attempt })
+        {
+            let mut in_tasks = lock(&self.in_tasks);
+            for d in done {
+                match d {
+                    Ok(Settle::Ack { id }) => {
+                        in_tasks.remove(&id);
+                        acks.push(id)
+                    }
+                    Ok(Settle::Retry { id, due_ms, count_attempt }) => {
+                        let released = in_tasks.remove(&id).unwrap_or(false);
+                        let due_ms = if released { due_ms.min(now) } else { due_ms };
+                        retries.push(Reschedule { id, due_ms, count_attempt })
+                    }
+                    Ok(Settle::Drop { id, dropped }) => {
+                        in_tasks.remove(&id);
+                        acks.push(id);
+                        drops.push(*dropped);
+                    }
+                    // A delivery task cannot panic on input; if one did, its record stays leased until
+                    // restart rather than being lost.
+                    Err(e) => tracing::error!(error = %e, "delivery task failed"),
                 }
-                Ok(Settle::Drop { id, dropped }) => {
-                    acks.push(id);
-                    drops.push(*dropped);
-                }
-                // A delivery task cannot panic on input; if one did, its record stays leased until
-                // restart rather than being lost.
-                Err(e) => tracing::error!(error = %e, "delivery task failed"),
             }
         }
+        // A failed ack or reschedule keeps its records leased in the spool, which retries the
+        // write (not the send); the lines are summarised, as on a full disk every one fails.
         if !acks.is_empty() {
             if let Err(e) = self.spool.ack(acks).await {
-                tracing::warn!(error = %e, "spool ack failed");
+                self.spool_failed("ack", &e, now);
             }
         }
         if !retries.is_empty() {
             if let Err(e) = self.spool.reschedule(retries).await {
-                tracing::warn!(error = %e, "spool reschedule failed");
+                self.spool_failed("reschedule", &e, now);
             }
         }
         let reports = report::account(&drops, now);
@@ -382,12 +478,22 @@ impl Dispatcher {
         hot.spool_bytes.set(self.spool.bytes() as f64);
     }
 
+    fn spool_failed(&self, what: &'static str, e: &crate::spool::SpoolError, now: u64) {
+        if let Some(failures) = lock(&self.spool_log).hit(now) {
+            tracing::warn!(error = %e, what, failures, "spool write failed; the spool retries it, nothing is sent again");
+        }
+    }
+
     fn upstream(&self, url: &UpstreamUrl) -> Arc<UpstreamState> {
         if let Some(l) = self.upstreams.get(url) {
             return l.clone();
         }
         let timing = self.cfg.timing();
-        self.upstreams.entry(url.clone()).or_insert_with(|| Arc::new(UpstreamState::new(url.clone(), timing))).clone()
+        let now = self.clock.now_ms();
+        self.upstreams
+            .entry(url.clone())
+            .or_insert_with(|| Arc::new(UpstreamState::new(url.clone(), timing, now)))
+            .clone()
     }
 
     /// Where a record goes now: tunnel records keep their DSN's host; everything else follows the
@@ -455,21 +561,67 @@ impl Dispatcher {
             return Verdict::Limited { until };
         }
         let state = self.upstream(url);
-        if let Admit::Hold(until) = state.admit(q.id, now) {
-            return Verdict::Held { until };
+        let (project, key) = (rec.project_id, &*rec.public_key);
+        {
+            let mut gates = lock(&state.gates);
+            if !gates.is_empty() {
+                if let expiry::Admit::Hold(until) = gates.admit(project, key, q.id, now) {
+                    return Verdict::Held { until };
+                }
+            }
         }
-        let Ok(_slot) = state.slots.acquire().await else {
-            return Verdict::Failed;
+        // Not sent after all (shutdown, or held by the circuit): if it was the gate's probe, the
+        // next envelope probes instead.
+        let unsent = |until: u64| {
+            lock(&state.gates).abandon(q.id);
+            Verdict::Held { until }
         };
-        let attempt = self.exchange(client, rec, url).await;
-        if let Some(v) = attempt.version {
-            state.widen(v, &self.cfg);
-        }
+        let Some(slot) = state.slot().await else {
+            return unsent(self.clock.now_ms());
+        };
         let now = self.clock.now_ms();
-        let released = state.observe(&attempt.outcome, now);
-        let verdict = self.verdict(attempt.outcome, scoping, q, now);
-        if let Some(held) = released {
-            self.release(held, q.id).await;
+        if self.stopping.load(Ordering::Acquire) {
+            return unsent(now);
+        }
+        // Admitted after the slot, not before: requests that queued for it while the circuit
+        // opened are held then, instead of each failing on its own connection attempt.
+        if let Admit::Hold(until) = state.admit(q.id, now) {
+            return unsent(until);
+        }
+        let attempt = self.exchange(client, rec, url).await;
+        let done = self.clock.now_ms();
+        let real = !matches!(attempt.outcome, Outcome::Transient { .. } | Outcome::Refused { .. });
+        if let (true, Some(v)) = (real, attempt.version) {
+            state.learn(v, &self.cfg);
+        }
+        state.finished(slot, done.saturating_sub(now), done);
+        let closed = state.observe(q.id, &attempt.outcome, done);
+        let recovered = closed.is_some();
+        let mut released = closed.unwrap_or_default();
+        let mut verdict = self.verdict(&state, attempt.outcome, scoping, q, done);
+        if verdict == Verdict::Failed && state.is_open() {
+            // In flight when the circuit opened: it waits with the held ones for the probe's
+            // answer, not for its own backoff (minutes, after a few attempts).
+            // Still a failed attempt, counted as the retry it is.
+            counter!(t::RETRIES, "reason" => "transient").increment(1);
+            verdict = Verdict::Held { until: state.circuit().hold(q.id, done) };
+        }
+        let answer = match verdict {
+            Verdict::UpstreamLimited { until } => {
+                lock(&state.gates).limited(project, key, until);
+                Answer::Limited(until)
+            }
+            Verdict::Delivered | Verdict::Rejected => Answer::Accepted,
+            _ => Answer::None,
+        };
+        {
+            let mut gates = lock(&state.gates);
+            if !gates.is_empty() {
+                released.extend(gates.answered(project, key, q.id, answer));
+            }
+        }
+        if recovered || !released.is_empty() {
+            self.release(released, q.id, recovered).await;
         }
         verdict
     }
@@ -492,7 +644,7 @@ impl Dispatcher {
 
     /// Counts and logs the upstream's answer, applies the rate limits it announced, and says what
     /// it means for the record.
-    fn verdict(&self, outcome: Outcome, scoping: Scoping<'_>, q: &Queued, now: u64) -> Verdict {
+    fn verdict(&self, state: &UpstreamState, outcome: Outcome, scoping: Scoping<'_>, q: &Queued, now: u64) -> Verdict {
         let rec = &q.record;
         let upstream = scoping.upstream.as_str();
         match outcome {
@@ -528,7 +680,14 @@ impl Dispatcher {
                     self.limits.apply(scoping, &limits, now);
                 }
                 let until = self.limits.blocked_until(scoping, rec.categories, now).unwrap_or(now + ms(retry_after));
-                tracing::info!(upstream, retry_after_ms = until.saturating_sub(now), "rate limited by the upstream");
+                if let Some(answers) = lock(&state.limited_log).hit(now) {
+                    tracing::info!(
+                        upstream,
+                        retry_after_ms = until.saturating_sub(now),
+                        answers,
+                        "rate limited by the upstream (429 answers since the last line)"
+                    );
+                }
                 Verdict::UpstreamLimited { until }
             }
             Outcome::Refused { reason } => {
@@ -545,11 +704,23 @@ impl Dispatcher {
         }
     }
 
-    /// Sends the records a closed circuit held again at once (but `own`, which settles itself),
-    /// and has the loop pace the drain.
-    async fn release(&self, mut held: Vec<u64>, own: u64) {
-        self.recovered.store(true, Ordering::Release);
+    /// Sends held records again at once (but `own`, which settles itself); after an outage
+    /// (`recovered`), has the loop pace the drain.
+    async fn release(&self, mut held: Vec<u64>, own: u64, recovered: bool) {
+        if recovered {
+            self.recovered.store(true, Ordering::Release);
+        }
         held.retain(|i| *i != own);
+        {
+            let mut in_tasks = lock(&self.in_tasks);
+            held.retain(|i| match in_tasks.get_mut(i) {
+                Some(released) => {
+                    *released = true;
+                    false
+                }
+                None => true,
+            });
+        }
         if held.is_empty() {
             return;
         }
@@ -582,6 +753,8 @@ mod tests {
             max_hold: Duration::from_secs(600),
             drain_rate: 0,
             circuit_grace: Duration::from_secs(3600),
+            circuit_failures: 3,
+            probe_max_interval: Duration::from_secs(5),
             compression: Encoding::Gzip,
             gzip_level: 1,
         }

@@ -112,6 +112,22 @@ impl Upstream {
     }
 
     pub fn serve_on(listener: TcpListener, pki: &Pki, h2: bool, responder: Arc<Responder>) -> Upstream {
+        Self::serve_slow(listener, pki, h2, Duration::ZERO, responder)
+    }
+
+    /// An upstream that waits `delay` before each answer (a distant or slow upstream).
+    pub async fn start_slow(pki: &Pki, h2: bool, delay: Duration, responder: Arc<Responder>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_slow(listener, pki, h2, delay, responder)
+    }
+
+    pub fn serve_slow(
+        listener: TcpListener,
+        pki: &Pki,
+        h2: bool,
+        delay: Duration,
+        responder: Arc<Responder>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let acceptor = pki.acceptor(h2);
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -155,7 +171,11 @@ impl Upstream {
                                 body: decoded,
                                 conn: conn_id,
                             };
+                            // Counted on arrival, so a slow answer's request counts while in flight.
                             let n = att.fetch_add(1, Ordering::SeqCst) as usize;
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             let (status, headers) = responder(&r, n);
                             if (200..300).contains(&status) {
                                 rec.lock().unwrap().push(r);

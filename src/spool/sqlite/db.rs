@@ -15,8 +15,9 @@ use rusqlite::{params, Connection};
 
 use super::cache::RecordCache;
 use super::handoff::{Cmd, Out};
-use super::space::ensure_reserve;
+use super::space::{ensure_reserve, is_disk_full};
 use super::wal::count_wal_pages;
+use super::writer::Quiet;
 use super::{Shared, SqliteOptions};
 use crate::config::Durability;
 use crate::spool::Reschedule;
@@ -56,6 +57,8 @@ pub(super) struct Db {
     /// they are not sent again, and the writes are retried until they commit.
     pub(super) failed_acks: Vec<u64>,
     pub(super) failed_reschedules: Vec<Reschedule>,
+    /// Failed transactions not logged yet: one line per interval, with the count.
+    pub(super) fail_log: Quiet,
     /// Last free-space check: (checked at, appends allowed).
     pub(super) space: (u64, bool),
     /// Free space is within a few watermarks of the limit: check it on every group of appends.
@@ -135,6 +138,7 @@ impl Db {
             last_reserve_try: 0,
             failed_acks: Vec::new(),
             failed_reschedules: Vec::new(),
+            fail_log: Quiet::default(),
             space: (0, true),
             space_tight: true,
             cache: RecordCache::default(),
@@ -145,10 +149,18 @@ impl Db {
         // limits) end with it: what they were based on is gone, and a held backlog would
         // otherwise sit out minutes of backoff after the restart that follows an outage. A
         // limit that still holds is learnt again from the first answer.
-        let released =
-            db.conn.execute("UPDATE envelopes SET due_ms = received_ms WHERE due_ms > ?1", params![now as i64])?;
-        if released > 0 {
-            tracing::info!(envelopes = released, "envelopes waiting for a retry time are due again after the restart");
+        match db.conn.execute("UPDATE envelopes SET due_ms = received_ms WHERE due_ms > ?1", params![now as i64]) {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(
+                envelopes = released,
+                "envelopes waiting for a retry time are due again after the restart"
+            ),
+            // A full disk must not keep the sidecar from starting: delivering the backlog is what
+            // frees it, and the waits only end a little later than they would have.
+            Err(e) if is_disk_full(&e) => {
+                tracing::warn!(error = %e, "disk full at start: envelopes keep the retry times they had");
+            }
+            Err(e) => return Err(e),
         }
         db.next_due = db.query_next_due(now)?;
         if len > 0 {

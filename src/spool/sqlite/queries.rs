@@ -34,6 +34,10 @@ pub(super) struct Pending {
     pub(super) dropped: Vec<Dropped>,
     /// Rows read, leased once it commits.
     pub(super) lease_add: Vec<i64>,
+    /// Rows acked or rescheduled, whose leases end only once it commits: a row whose ack did not
+    /// commit must stay leased, or the next read hands it out again and it is sent again (on a
+    /// full disk, the same rows a thousand times a second).
+    pub(super) lease_remove: Vec<i64>,
     /// Rows inserted (their records are cached at once, and evicted again on a rollback).
     pub(super) inserted: Vec<i64>,
     /// Rows deleted in this transaction, to be evicted from the record cache once it commits.

@@ -177,7 +177,9 @@ impl Db {
     /// After a failed transaction: answer the group with the error, keep its acks and
     /// reschedules for a retry, and recover if the database is corrupt.
     fn fail(&mut self, group: Vec<Cmd>, e: rusqlite::Error, now: u64, shared: &Shared) {
-        tracing::error!(error = %e, "spool transaction failed");
+        if let Some(failures) = self.fail_log.hit(now) {
+            tracing::error!(error = %e, failures, "spool transaction failed");
+        }
         // Failed acks and reschedules keep their rows leased (so nothing is sent again in a
         // loop) and are retried until they commit; a restart in between means a resend, which
         // Sentry deduplicates by event id.
@@ -219,6 +221,9 @@ impl Db {
     fn commit_effects(&mut self, p: Pending) {
         for id in &p.deleted {
             self.cache.take(*id);
+        }
+        for id in &p.lease_remove {
+            self.leased.remove(id);
         }
         self.leased.extend(p.lease_add);
         self.len = (self.len as i64 + p.dlen).max(0) as u64;
@@ -279,16 +284,12 @@ impl Db {
                     }
                     Cmd::Ack(ids, _) => {
                         ack(tx, &self.opts.dir, ids, &mut pending)?;
-                        ids.iter().for_each(|i| {
-                            self.leased.remove(&(*i as i64));
-                        });
+                        pending.lease_remove.extend(ids.iter().map(|i| *i as i64));
                         Out::Unit(Ok(()))
                     }
                     Cmd::Reschedule(items, _) => {
                         reschedule(tx, items)?;
-                        items.iter().for_each(|r| {
-                            self.leased.remove(&(r.id as i64));
-                        });
+                        pending.lease_remove.extend(items.iter().map(|r| r.id as i64));
                         Out::Unit(Ok(()))
                     }
                 });
@@ -324,6 +325,32 @@ impl Db {
     }
 }
 
+/// Repeated failures logged at most once per [`Quiet::INTERVAL_MS`], with how many there were:
+/// on a full disk every group fails, and a line each was hundreds of lines a second.
+#[derive(Debug, Default)]
+pub(super) struct Quiet {
+    /// Failures since the last line.
+    count: u64,
+    /// When the last line was written (None: never).
+    last: Option<u64>,
+}
+
+impl Quiet {
+    /// Least time between two lines.
+    pub(super) const INTERVAL_MS: u64 = 10_000;
+
+    /// Counts a failure at `now`; returns the count to log if a line is due (the first failure
+    /// is logged at once).
+    pub(super) fn hit(&mut self, now: u64) -> Option<u64> {
+        self.count += 1;
+        if self.last.is_some_and(|t| now.saturating_sub(t) < Self::INTERVAL_MS) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 /// A copy of `e` for each caller of a failed group (`rusqlite::Error` is not `Clone`).
 fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     match e {
@@ -338,5 +365,71 @@ pub(super) fn to_spool_err(e: rusqlite::Error) -> SpoolError {
         SpoolError::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, e.to_string()))
     } else {
         SpoolError::Io(std::io::Error::other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::DeliveryOrder;
+    use crate::spool::sqlite::tests::{options, rec};
+
+    fn read(db: &mut Db, shared: &Shared, now: u64) -> Vec<u64> {
+        let (reply, mut rx) = oneshot::channel();
+        db.apply(vec![Cmd::Read { max: 10, max_bytes: usize::MAX, now, reply }], now, shared);
+        std::mem::take(&mut db.answers).into_iter().for_each(|(c, o)| answer(c, o));
+        rx.try_recv().unwrap().unwrap().iter().map(|q| q.id).collect()
+    }
+
+    /// An ack whose commit fails keeps its row leased (so it is not read and sent again) and
+    /// commits later, once the cause is gone.
+    #[test]
+    fn an_ack_that_does_not_commit_keeps_the_row_leased_until_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(options(dir.path(), DeliveryOrder::OldestFirst), 1_000).unwrap();
+        let shared = Shared::default();
+        let (reply, _rx) = oneshot::channel();
+        let now = crate::clock::now_ms();
+        db.apply(vec![Cmd::Append(vec![Arc::new(rec(b"one"))], reply)], now, &shared);
+        db.answers.clear();
+        let ids = read(&mut db, &shared, now);
+        assert_eq!(ids.len(), 1);
+        // A deferred foreign key fails the transaction at COMMIT, after the DELETE went through,
+        // as a WAL write on a full disk does.
+        db.conn
+            .execute_batch(
+                "PRAGMA foreign_keys=ON;
+                 CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TRIGGER fail_at_commit AFTER DELETE ON envelopes BEGIN INSERT INTO child VALUES (42); END;",
+            )
+            .unwrap();
+        let (reply, mut ack_rx) = oneshot::channel();
+        db.apply(vec![Cmd::Ack(ids.clone(), reply)], now, &shared);
+        std::mem::take(&mut db.answers).into_iter().for_each(|(c, o)| answer(c, o));
+        assert!(ack_rx.try_recv().unwrap().is_err(), "the ack failed");
+        assert!(db.leased.contains(&(ids[0] as i64)), "still leased");
+        assert_eq!(read(&mut db, &shared, now + 10), Vec::<u64>::new(), "not handed out again");
+        assert_eq!(db.len, 1);
+
+        db.conn.execute_batch("DROP TRIGGER fail_at_commit;").unwrap();
+        assert!(db.retry_backlog(now + 20), "the ack is retried and commits");
+        assert!(db.leased.is_empty() && db.failed_acks.is_empty());
+        assert_eq!(db.len, 0);
+    }
+
+    #[test]
+    fn repeated_failures_are_logged_once_per_interval_with_their_count() {
+        let mut q = Quiet::default();
+        assert_eq!(q.hit(0), Some(1), "the first at once");
+        for t in 1..100 {
+            assert_eq!(q.hit(t * 10), None);
+        }
+        assert_eq!(q.hit(Quiet::INTERVAL_MS), Some(100));
+        assert_eq!(q.hit(Quiet::INTERVAL_MS + 1), None);
     }
 }
