@@ -62,6 +62,14 @@ pub(super) fn count_wal_pages(conn: &mut Connection) -> rusqlite::Result<Arc<Ato
 }
 
 impl Db {
+    /// Whether the writer has something to do while no hand-off comes: a checkpoint the spacing
+    /// put off, or failed acks and reschedules to commit again.
+    pub(super) fn idle_work(&self) -> bool {
+        self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES
+            || !self.failed_acks.is_empty()
+            || !self.failed_reschedules.is_empty()
+    }
+
     /// Copies the WAL back into the database once it holds [`CHECKPOINT_PAGES`] and the last
     /// checkpoint is [`CHECKPOINT_EVERY`] old (or it holds [`CHECKPOINT_MAX_PAGES`]). Called after
     /// a group's answers are sent, so the requests of the commit that crossed the threshold do not

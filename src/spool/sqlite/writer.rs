@@ -27,7 +27,14 @@ pub(super) fn run(mut db: Db, now: u64, rx: mpsc::Receiver<Handoff>, shared: Arc
     // reads no clock of the spool's (see `handoff`), so it counts on from the last time it had.
     let mut last = (now, Instant::now());
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+        // Idle, the writer wakes only for work that waits on it (a checkpoint the spacing put
+        // off, acks to retry); otherwise it sleeps until the next hand-off.
+        let received = if db.idle_work() {
+            rx.recv_timeout(Duration::from_secs(1))
+        } else {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        };
+        let first = match received {
             Ok(c) => c,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 db.checkpoint_if_due();
