@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real SDKs the end-to-end tests drive, into target/sdk (idempotent, cached).
-# Python: sentry-sdk and raven in a venv. Node: @sentry/node.
+# Python: sentry-sdk and raven in a venv. Node: @sentry/node. Browser: chromium, playwright-core and
+# @sentry/browser (tests/sdk/browser.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -18,4 +19,5 @@ if [ ! -d "$dest/node/node_modules/@sentry/node" ]; then
   (cd "$dest/node" && [ -f package.json ] || echo '{"name":"sdk-peers","private":true}' > package.json)
   (cd "$dest/node" && npm install --silent --no-audit --no-fund '@sentry/node@11.12.0' >/dev/null)
 fi
+bash "$here/browser.sh"
 echo "sdk peers ready in $dest"
