@@ -6,6 +6,10 @@
 //! trickles in below the minimum rate is a 408, so that a slow client cannot hold its connection
 //! (and its slot of the connection cap) for long. Decoding runs on a [`DecodePool`], off the async
 //! threads.
+//!
+//! Every piece read is paid for from the shared [`Budget`] before the next one is read, so a flood
+//! of large bodies holds at most the budget in memory: past it, reading stops (back-pressure) and,
+//! after the budget's wait, the request is refused as overloaded.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::budget::{Budget, Hold, Overloaded, SMALL_BYTES};
 use crate::codec::{self, DecodeError, DecodePool};
 
 /// Why a body could not be read or decoded.
@@ -33,6 +38,9 @@ pub enum BodyError {
     /// A compressed stream that does not decode.
     #[error("invalid {0} body: {1}")]
     Corrupt(&'static str, std::io::Error),
+    /// The memory budget for request bodies stayed used up for the whole wait.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 impl From<DecodeError> for BodyError {
@@ -55,11 +63,25 @@ pub struct Pace {
     pub min_rate: usize,
 }
 
-/// Reads the whole body, refusing more than `limit` bytes and a body slower than `pace`.
+/// Whether a request of `content_length`, of which `read` bytes have come so far, may draw from
+/// the budget's reserve.
+pub fn is_small(content_length: Option<u64>, read: usize) -> bool {
+    content_length.map_or(read <= SMALL_BYTES, |l| l <= SMALL_BYTES as u64)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes and a body slower than `pace`, paying
+/// for each piece from `budget` into `hold` before the next is read.
 ///
 /// The rate is checked as pieces arrive, so a body that trickles a byte just inside each stall
 /// window is still cut off once its average falls below the minimum.
-pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize, pace: Pace) -> Result<Bytes, BodyError> {
+pub async fn read(
+    body: Incoming,
+    content_length: Option<u64>,
+    limit: usize,
+    pace: Pace,
+    budget: &Budget,
+    hold: &mut Hold,
+) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
@@ -83,6 +105,7 @@ pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize, pac
         if total > limit {
             return Err(BodyError::TooLarge(limit));
         }
+        budget.take(hold, data.len(), is_small(content_length, total)).await?;
         let elapsed = started.elapsed();
         if elapsed > pace.stall && (total as f64) < pace.min_rate as f64 * elapsed.as_secs_f64() {
             return Err(BodyError::Timeout(format!(
@@ -121,6 +144,27 @@ pub async fn decode(
     let Some(enc) = encoding else { return Ok(body) };
     let codings = codec::codings(&enc)?;
     Ok(pool.decode(codings, body, limit).await?)
+}
+
+/// [`decode`], with the decoded bytes paid for from `budget` into `hold` (the wire bytes stay
+/// held too: both are in memory until the request is done).
+pub async fn decode_within(
+    pool: &DecodePool,
+    encoding: Option<String>,
+    body: Bytes,
+    limit: usize,
+    budget: &Budget,
+    hold: &mut Hold,
+) -> Result<Bytes, BodyError> {
+    let Some(enc) = encoding else { return Ok(body) };
+    let codings = codec::codings(&enc)?;
+    // A body without a coding is the same buffer, paid for already.
+    if codings.is_empty() {
+        return Ok(body);
+    }
+    let decoded = pool.decode(codings, body, limit).await?;
+    budget.take(hold, decoded.len(), is_small(Some(decoded.len() as u64), 0)).await?;
+    Ok(decoded)
 }
 
 #[cfg(test)]
