@@ -7,8 +7,9 @@
 //! (and its slot of the connection cap) for long. Decoding runs on a [`DecodePool`], off the async
 //! threads.
 //!
-//! Every piece read is paid for from the shared [`Budget`] before the next one is read, so a flood
-//! of large bodies holds at most the budget in memory: past it, reading stops (back-pressure) and,
+//! Every body is paid for from the shared [`Budget`] before it is read (a large one with a
+//! `Content-Length` whole, others piece by piece before the next piece is read), so a flood of
+//! large bodies holds at most the budget in memory: past it, reading stops (back-pressure) and,
 //! after the budget's wait, the request is refused as overloaded.
 
 use std::time::{Duration, Instant};
@@ -86,6 +87,14 @@ pub async fn read(
         return Err(BodyError::TooLarge(limit));
     }
     let mut body = body;
+    // A large body with a length is admitted whole or not at all: paying piece by piece, many
+    // large uploads would each get part of the budget and all stall, none finishing.
+    let mut paid = 0usize;
+    if let Some(len) = content_length.filter(|&l| l > SMALL_BYTES as u64) {
+        let len = usize::try_from(len).map_err(|_| BodyError::TooLarge(limit))?;
+        budget.take(hold, len, false).await?;
+        paid = len;
+    }
     let started = Instant::now();
     // The first piece is kept as it came (no copy) unless another follows.
     let mut first: Option<Bytes> = None;
@@ -105,7 +114,10 @@ pub async fn read(
         if total > limit {
             return Err(BodyError::TooLarge(limit));
         }
-        budget.take(hold, data.len(), is_small(content_length, total)).await?;
+        if total > paid {
+            budget.take(hold, total - paid, is_small(content_length, total)).await?;
+            paid = total;
+        }
         let elapsed = started.elapsed();
         if elapsed > pace.stall && (total as f64) < pace.min_rate as f64 * elapsed.as_secs_f64() {
             return Err(BodyError::Timeout(format!(
@@ -203,6 +215,13 @@ mod tests {
         assert_eq!(decode(&pool(), Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
         assert_eq!(decode(&pool(), Some("".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
         assert_eq!(decode(&pool(), None, Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+    }
+
+    #[test]
+    fn small_is_by_content_length_or_by_what_was_read() {
+        assert!(is_small(Some(SMALL_BYTES as u64), usize::MAX), "the length decides when there is one");
+        assert!(!is_small(Some(SMALL_BYTES as u64 + 1), 0));
+        assert!(is_small(None, SMALL_BYTES) && !is_small(None, SMALL_BYTES + 1), "chunked: what was read");
     }
 
     #[tokio::test]
