@@ -139,6 +139,7 @@ const REJECT_REASONS: &[&str] = &[
     "upstream_unreachable",
     "upstream_timeout",
     "connection_limit",
+    "overloaded",
 ];
 const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];
 const RESULTS: &[&str] = &["2xx", "429", "4xx", "5xx", "error", "refused"];

@@ -71,6 +71,10 @@ pub(super) struct Cli {
     /// Largest body after decoding gzip/deflate/br/zstd (larger is a 413).
     #[arg(long, env = "SENTRY_SIDECAR_MAX_DECODED_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub(super) max_decoded_bytes: Option<usize>,
+    /// Request body bytes held in memory across all connections (wire and decoded); past it,
+    /// reading waits and then answers 503.
+    #[arg(long, env = "SENTRY_SIDECAR_MAX_INFLIGHT_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub(super) max_inflight_bytes: Option<usize>,
     /// Most inbound connections open at once.
     #[arg(long, env = "SENTRY_SIDECAR_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count)]
     pub(super) max_connections: Option<usize>,

@@ -16,6 +16,7 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("gzip_level", "1"),
     ("max_request_bytes", "20MiB"),
     ("max_decoded_bytes", "100MiB"),
+    ("max_inflight_bytes", "48MiB"),
     ("max_connections", "1024"),
     ("header_read_timeout", "5s"),
     ("body_read_timeout", "10s"),

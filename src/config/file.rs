@@ -50,6 +50,8 @@ pub(super) struct FileConfig {
     pub(super) max_request_bytes: Option<usize>,
     #[serde(deserialize_with = "size")]
     pub(super) max_decoded_bytes: Option<usize>,
+    #[serde(deserialize_with = "size")]
+    pub(super) max_inflight_bytes: Option<usize>,
     #[serde(deserialize_with = "count")]
     pub(super) max_connections: Option<usize>,
     #[serde(deserialize_with = "duration")]

@@ -62,6 +62,9 @@ pub enum ConfigError {
     },
 }
 
+/// The smallest memory budget for request bodies: below it, ordinary envelopes would be refused.
+const MIN_INFLIGHT_BYTES: usize = 1024 * 1024;
+
 fn invalid(key: &str, message: impl ToString) -> ConfigError {
     ConfigError::Invalid { key: key.to_owned(), message: message.to_string() }
 }
@@ -99,6 +102,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest body after content decoding.
     pub max_decoded_bytes: usize,
+    /// Request body bytes held in memory across all connections, wire and decoded.
+    pub max_inflight_bytes: usize,
     /// Inbound connection cap.
     pub max_connections: usize,
     /// A request's headers must arrive within this.
@@ -201,6 +206,7 @@ impl Config {
             ("gzip_level", self.gzip_level.to_string()),
             ("max_request_bytes", size(self.max_request_bytes as u64)),
             ("max_decoded_bytes", size(self.max_decoded_bytes as u64)),
+            ("max_inflight_bytes", size(self.max_inflight_bytes as u64)),
             ("max_connections", self.max_connections.to_string()),
             ("header_read_timeout", duration(self.header_read_timeout)),
             ("body_read_timeout", duration(self.body_read_timeout)),
@@ -299,6 +305,10 @@ impl Config {
             // Longer, and a recovered upstream waits that long for its backlog to move.
             return Err(invalid("probe_max_interval", "must be between 1ms and 10s"));
         }
+        let max_inflight_bytes = pick!(max_inflight_bytes, parse_size);
+        if max_inflight_bytes < MIN_INFLIGHT_BYTES {
+            return Err(invalid("max_inflight_bytes", "must be at least 1MiB"));
+        }
         if max_request_bytes > max_decoded_bytes {
             return Err(invalid("max_request_bytes", "must not be larger than max_decoded_bytes"));
         }
@@ -315,6 +325,7 @@ impl Config {
             gzip_level: pick!(gzip_level, parse_gzip_level),
             max_request_bytes,
             max_decoded_bytes,
+            max_inflight_bytes,
             max_connections: pick!(max_connections, parse_count),
             header_read_timeout,
             body_read_timeout,
@@ -550,6 +561,7 @@ mod tests {
         assert_eq!(c.gzip_level, 1);
         assert_eq!(c.max_request_bytes, 20 * 1024 * 1024);
         assert_eq!(c.max_decoded_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.max_inflight_bytes, 48 * 1024 * 1024);
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.request_timeout, Duration::from_secs(30));

@@ -6,6 +6,11 @@
 //! trickles in below the minimum rate is a 408, so that a slow client cannot hold its connection
 //! (and its slot of the connection cap) for long. Decoding runs on a [`DecodePool`], off the async
 //! threads.
+//!
+//! Every body is paid for from the shared [`Budget`] before it is read (a large one with a
+//! `Content-Length` whole, others piece by piece before the next piece is read), so a flood of
+//! large bodies holds at most the budget in memory: past it, reading stops (back-pressure) and,
+//! after the budget's wait, the request is refused as overloaded.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::budget::{Budget, Hold, Overloaded, SMALL_BYTES};
 use crate::codec::{self, DecodeError, DecodePool};
 
 /// Why a body could not be read or decoded.
@@ -33,6 +39,9 @@ pub enum BodyError {
     /// A compressed stream that does not decode.
     #[error("invalid {0} body: {1}")]
     Corrupt(&'static str, std::io::Error),
+    /// The memory budget for request bodies stayed used up for the whole wait.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 impl From<DecodeError> for BodyError {
@@ -55,15 +64,37 @@ pub struct Pace {
     pub min_rate: usize,
 }
 
-/// Reads the whole body, refusing more than `limit` bytes and a body slower than `pace`.
+/// Whether a request of `content_length`, of which `read` bytes have come so far, may draw from
+/// the budget's reserve.
+pub fn is_small(content_length: Option<u64>, read: usize) -> bool {
+    content_length.map_or(read <= SMALL_BYTES, |l| l <= SMALL_BYTES as u64)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes and a body slower than `pace`, paying
+/// for each piece from `budget` into `hold` before the next is read.
 ///
 /// The rate is checked as pieces arrive, so a body that trickles a byte just inside each stall
 /// window is still cut off once its average falls below the minimum.
-pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize, pace: Pace) -> Result<Bytes, BodyError> {
+pub async fn read(
+    body: Incoming,
+    content_length: Option<u64>,
+    limit: usize,
+    pace: Pace,
+    budget: &Budget,
+    hold: &mut Hold,
+) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
     let mut body = body;
+    // A large body with a length is admitted whole or not at all: paying piece by piece, many
+    // large uploads would each get part of the budget and all stall, none finishing.
+    let mut paid = 0usize;
+    if let Some(len) = content_length.filter(|&l| l > SMALL_BYTES as u64) {
+        let len = usize::try_from(len).map_err(|_| BodyError::TooLarge(limit))?;
+        budget.take(hold, len, false).await?;
+        paid = len;
+    }
     let started = Instant::now();
     // The first piece is kept as it came (no copy) unless another follows.
     let mut first: Option<Bytes> = None;
@@ -82,6 +113,10 @@ pub async fn read(body: Incoming, content_length: Option<u64>, limit: usize, pac
         total += data.len();
         if total > limit {
             return Err(BodyError::TooLarge(limit));
+        }
+        if total > paid {
+            budget.take(hold, total - paid, is_small(content_length, total)).await?;
+            paid = total;
         }
         let elapsed = started.elapsed();
         if elapsed > pace.stall && (total as f64) < pace.min_rate as f64 * elapsed.as_secs_f64() {
@@ -123,6 +158,27 @@ pub async fn decode(
     Ok(pool.decode(codings, body, limit).await?)
 }
 
+/// [`decode`], with the decoded bytes paid for from `budget` into `hold` (the wire bytes stay
+/// held too: both are in memory until the request is done).
+pub async fn decode_within(
+    pool: &DecodePool,
+    encoding: Option<String>,
+    body: Bytes,
+    limit: usize,
+    budget: &Budget,
+    hold: &mut Hold,
+) -> Result<Bytes, BodyError> {
+    let Some(enc) = encoding else { return Ok(body) };
+    let codings = codec::codings(&enc)?;
+    // A body without a coding is the same buffer, paid for already.
+    if codings.is_empty() {
+        return Ok(body);
+    }
+    let decoded = pool.decode(codings, body, limit).await?;
+    budget.take(hold, decoded.len(), is_small(Some(decoded.len() as u64), 0)).await?;
+    Ok(decoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +215,13 @@ mod tests {
         assert_eq!(decode(&pool(), Some("UTF-8".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
         assert_eq!(decode(&pool(), Some("".into()), Bytes::from_static(b"x"), 10).await.unwrap(), "x");
         assert_eq!(decode(&pool(), None, Bytes::from_static(b"x"), 10).await.unwrap(), "x");
+    }
+
+    #[test]
+    fn small_is_by_content_length_or_by_what_was_read() {
+        assert!(is_small(Some(SMALL_BYTES as u64), usize::MAX), "the length decides when there is one");
+        assert!(!is_small(Some(SMALL_BYTES as u64 + 1), 0));
+        assert!(is_small(None, SMALL_BYTES) && !is_small(None, SMALL_BYTES + 1), "chunked: what was read");
     }
 
     #[tokio::test]

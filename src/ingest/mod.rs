@@ -14,6 +14,7 @@
 //! upstream's own answer.
 
 pub mod body;
+pub mod budget;
 mod forward;
 pub mod route;
 
@@ -40,6 +41,14 @@ use crate::routing::{Routes, Target};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::telemetry as t;
 use body::{BodyError, Pace};
+use budget::{Budget, Hold};
+
+/// `Retry-After` of a request refused for want of memory budget: in-flight bodies finish in
+/// seconds, so a retry soon is likely to get through.
+const OVERLOADED_RETRY_AFTER: &str = "2";
+
+/// How long a request waits for memory budget before it is refused as overloaded.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Legacy store events over this size are refused, as Sentry does.
 const MAX_STORE_EVENT: usize = 1024 * 1024;
@@ -78,6 +87,10 @@ impl From<BodyError> for Refusal {
             BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding"),
             BodyError::Corrupt(..) => (StatusCode::BAD_REQUEST, "corrupt_body"),
+            BodyError::Overloaded(_) => {
+                return Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+                    .with_header("retry-after", OVERLOADED_RETRY_AFTER.to_owned());
+            }
         };
         Refusal::new(status, reason, e.to_string())
     }
@@ -145,6 +158,7 @@ pub struct Ingest {
     limits: Arc<RateLimits>,
     forward: Option<Arc<dyn Forward>>,
     decoders: DecodePool,
+    budget: Budget,
 }
 
 impl Ingest {
@@ -157,7 +171,8 @@ impl Ingest {
         limits: Arc<RateLimits>,
         forward: Option<Arc<dyn Forward>>,
     ) -> Ingest {
-        Ingest { cfg, routes, spool, limits, forward, decoders: DecodePool::sized_for_host() }
+        let budget = Budget::new(cfg.max_inflight_bytes, BUDGET_WAIT);
+        Ingest { cfg, routes, spool, limits, forward, decoders: DecodePool::sized_for_host(), budget }
     }
 
     async fn route(
@@ -222,7 +237,9 @@ impl Ingest {
         if let Some(k) = &path_key {
             agree(&mut key, "the path", k)?;
         }
-        let body = self.read_body(&parts.headers, incoming).await?;
+        // Held until the answer: the body (wire and decoded) is in memory that long.
+        let mut hold = Hold::default();
+        let body = self.read_body(&parts.headers, incoming, &mut hold).await?;
 
         let mut headers = kept_headers(&parts.headers);
         let mut event_id = None;
@@ -341,11 +358,11 @@ impl Ingest {
         Ok(response::accepted(event_id.as_deref()))
     }
 
-    async fn read_body(&self, headers: &HeaderMap, incoming: Incoming) -> Result<Bytes, Refusal> {
+    async fn read_body(&self, headers: &HeaderMap, incoming: Incoming, hold: &mut Hold) -> Result<Bytes, Refusal> {
         let content_length =
             headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
-        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes, pace).await?;
+        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes, pace, &self.budget, hold).await?;
         let encoding = match headers.get(CONTENT_ENCODING) {
             None => None,
             Some(v) => Some(
@@ -354,7 +371,7 @@ impl Ingest {
                     .to_owned(),
             ),
         };
-        Ok(body::decode(&self.decoders, encoding, raw, self.cfg.max_decoded_bytes).await?)
+        Ok(body::decode_within(&self.decoders, encoding, raw, self.cfg.max_decoded_bytes, &self.budget, hold).await?)
     }
 
     /// An `/api/{id}/...` path the sidecar does not know: sent to the upstream now, its answer
@@ -382,7 +399,9 @@ impl Ingest {
         let content_length =
             parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
-        let body = body::read(incoming, content_length, self.cfg.max_request_bytes, pace).await?;
+        let mut hold = Hold::default();
+        let body =
+            body::read(incoming, content_length, self.cfg.max_request_bytes, pace, &self.budget, &mut hold).await?;
         let mut headers = HeaderMap::new();
         for (k, v) in parts.headers.iter().filter(|(k, _)| KEEP_HEADERS.contains(&k.as_str()) || *k == CONTENT_ENCODING)
         {
@@ -429,7 +448,8 @@ impl Ingest {
             return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method", "method not allowed"));
         }
         let (parts, incoming) = req.into_parts();
-        let body = self.read_body(&parts.headers, incoming).await?;
+        let mut hold = Hold::default();
+        let body = self.read_body(&parts.headers, incoming, &mut hold).await?;
         let env = Envelope::parse(body)?;
         let dsn_str = env
             .dsn
