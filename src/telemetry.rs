@@ -27,6 +27,8 @@ pub const ACCEPTED_BYTES: &str = "sidecar_accepted_bytes_total";
 pub const FORWARDED: &str = "sidecar_forwarded_total";
 /// Upstream attempts, by `result` (`2xx`, `429`, `4xx`, `5xx`, `error`, `refused`).
 pub const UPSTREAM_ATTEMPTS: &str = "sidecar_upstream_attempts_total";
+/// Upstream attempts that failed without a usable answer, by `reason` ([`FAILURE_REASONS`]).
+pub const UPSTREAM_FAILURES: &str = "sidecar_upstream_failures_total";
 /// Upstream request latency in seconds.
 pub const UPSTREAM_LATENCY: &str = "sidecar_upstream_duration_seconds";
 /// Bytes sent upstream (request bodies after compression).
@@ -92,6 +94,11 @@ pub const ALL: &[Metric] = &[
         "Spooled envelopes whose delivery finished, by outcome (delivered, rejected, captured).",
     ),
     m(UPSTREAM_ATTEMPTS, Kind::Counter, "Upstream attempts, by result (2xx, 429, 4xx, 5xx, error, refused)."),
+    m(
+        UPSTREAM_FAILURES,
+        Kind::Counter,
+        "Upstream attempts that failed without a usable answer, by reason (dns, refused, tls_unknown_issuer, http_5xx, ...).",
+    ),
     m(UPSTREAM_LATENCY, Kind::Histogram, "Upstream request latency in seconds."),
     m(UPSTREAM_BYTES, Kind::Counter, "Request bytes sent upstream (after compression)."),
     m(
@@ -142,6 +149,23 @@ const REJECT_REASONS: &[&str] = &[
 ];
 const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];
 const RESULTS: &[&str] = &["2xx", "429", "4xx", "5xx", "error", "refused"];
+/// The `reason` labels of [`UPSTREAM_FAILURES`], one per kind of upstream failure (the upstream
+/// module's `Failure` labels, which a test there keeps equal to this list).
+pub const FAILURE_REASONS: &[&str] = &[
+    "dns",
+    "refused",
+    "connect_timeout",
+    "tls_unknown_issuer",
+    "tls_name_mismatch",
+    "tls_expired",
+    "tls_bad_certificate",
+    "tls_handshake",
+    "http_5xx",
+    "http_408",
+    "request_timeout",
+    "reset",
+    "other",
+];
 const RETRY_REASONS: &[&str] = &["transient", "rate_limited", "refused"];
 const DROP_REASONS: &[&str] =
     &["spool_full", "too_old", "rate_limited", "upstream_rejected", "upstream_rate_limited", "unreadable"];
@@ -175,6 +199,9 @@ fn register() {
     }
     for r in RESULTS {
         counter!(UPSTREAM_ATTEMPTS, "result" => *r).absolute(0);
+    }
+    for r in FAILURE_REASONS {
+        counter!(UPSTREAM_FAILURES, "reason" => *r).absolute(0);
     }
     for r in RETRY_REASONS {
         counter!(RETRIES, "reason" => *r).absolute(0);
