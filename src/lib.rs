@@ -190,7 +190,11 @@ impl Sidecar {
         opts.on_overload = Some(|| {
             metrics::counter!(telemetry::REJECTED, "endpoint" => "other", "reason" => "connection_limit").increment(1)
         });
-        let mut servers = vec![tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone()))];
+        let mut servers = vec![
+            tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone())),
+            // Asleep until something is refused or dropped; then a line at most once a minute.
+            tokio::spawn(telemetry::summarize_trouble(shutdown_rx.clone())),
+        ];
         if let Some(l) = admin_listener {
             opts.max_connections = 64;
             servers.push(tokio::spawn(crate::http::serve(l, admin.clone(), shutdown_rx.clone(), opts)));

@@ -27,7 +27,8 @@
 //! `circuit` (when to stop and probe), `expiry` (the probe at the end of a rate limit), `width`
 //! (the slots), `pacer` (the drain's token bucket), `decide` (what a delivery asks of the spool),
 //! `request` (a record as the request the transport sends), `quiet` (repeated log lines as one
-//! line with a count) and [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
+//! line with a count), `story` (a backlog's start, progress and end, told at info level) and
+//! [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
 //! tests run on tokio's paused clock.
 
 mod backoff;
@@ -37,6 +38,7 @@ mod expiry;
 mod pacer;
 mod quiet;
 mod request;
+mod story;
 mod width;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,6 +59,7 @@ use self::expiry::{Answer, Gates};
 use self::pacer::Pacer;
 use self::quiet::Quiet;
 use self::request::Compression;
+use self::story::Drain;
 use self::width::Width;
 use crate::capture::Capture;
 use crate::clock::Clock;
@@ -404,8 +407,11 @@ impl Dispatcher {
         let notify = self.spool.notify();
         let mut tasks: JoinSet<Settle> = JoinSet::new();
         let mut pacer = Pacer::new(self.cfg.drain_rate, Instant::now());
-        if self.spool.len() as usize > self.cfg.batch_size {
+        let mut drain = Drain::default();
+        let batch = self.cfg.batch_size as u64;
+        if self.spool.len() > batch {
             pacer.start(Instant::now());
+            drain.start(self.clock.now_ms(), self.spool.len());
         }
         let mut last_prune = self.clock.now_ms();
         // Set when everything just read was held back by an open circuit: reading again before
@@ -420,6 +426,12 @@ impl Dispatcher {
             if self.recovered.swap(false, Ordering::AcqRel) {
                 pacer.start(Instant::now());
                 blocked_until = None;
+                if self.spool.len() > batch {
+                    drain.start(self.clock.now_ms(), self.spool.len());
+                }
+            }
+            if let Some(line) = drain.tick(self.clock.now_ms(), self.spool.len(), batch) {
+                Drain::log(line);
             }
             if pacer.is_active() && self.spool.len() as usize <= self.cfg.batch_size {
                 pacer.stop();
@@ -440,6 +452,12 @@ impl Dispatcher {
                 match self.spool.read_batch(allowed, 8 * 1024 * 1024, self.clock.now_ms()).await {
                     Ok(batch) => {
                         pacer.spend(batch.len());
+                        if !batch.is_empty() {
+                            let oldest = batch.iter().map(|q| q.record.received_ms).min();
+                            if let Some(line) = drain.read(self.clock.now_ms(), oldest) {
+                                Drain::log(line);
+                            }
+                        }
                         let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
                         {
                             let mut in_tasks = lock(&self.in_tasks);
@@ -480,7 +498,7 @@ impl Dispatcher {
                     while let Some(more) = tasks.try_join_next() {
                         settled.push(more);
                     }
-                    self.settle(settled).await;
+                    drain.sent(self.settle(settled).await);
                 }
                 _ = &mut notified, if !reading_paused => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -518,7 +536,9 @@ impl Dispatcher {
         }
     }
 
-    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) {
+    /// Acks, reschedules and reports what the finished deliveries ask; returns how many records
+    /// left the spool for good.
+    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) -> usize {
         let mut acks = Vec::new();
         let mut retries = Vec::new();
         let mut drops = Vec::new();
@@ -549,6 +569,7 @@ impl Dispatcher {
         }
         // A failed ack or reschedule keeps its records leased in the spool, which retries the
         // write (not the send); the lines are summarised, as on a full disk every one fails.
+        let finished = acks.len();
         if !acks.is_empty() {
             if let Err(e) = self.spool.ack(acks).await {
                 self.spool_failed("ack", &e, now);
@@ -568,6 +589,7 @@ impl Dispatcher {
         let hot = t::hot();
         hot.spool_envelopes.set(self.spool.len() as f64);
         hot.spool_bytes.set(self.spool.bytes() as f64);
+        finished
     }
 
     fn spool_failed(&self, what: &'static str, e: &crate::spool::SpoolError, now: u64) {
