@@ -1,6 +1,10 @@
 //! `/healthz` (the process answers), `/readyz` (listening and the spool accepts writes; a latch set
 //! once the listeners are bound and cleared on shutdown) and `/metrics` (Prometheus text).
 //!
+//! `/readyz` also says how each upstream's circuit stands (open, why, since when), so a probe or
+//! `send-test-event` sees why nothing is delivered; an open circuit does not fail readiness, as
+//! the spool keeps accepting.
+//!
 //! Served on the ingest listener by default, or on `--admin-listen` to keep them off the port the
 //! app talks to.
 
@@ -17,18 +21,26 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::http::{response, Handler, Prefix};
 use crate::spool::Spool;
+use crate::status::UpstreamStatus;
 
 /// State behind the admin endpoints.
 pub struct Admin {
     ready: AtomicBool,
     spool: Arc<dyn Spool>,
     metrics: PrometheusHandle,
+    upstreams: Arc<UpstreamStatus>,
 }
 
 impl Admin {
     /// Admin endpoints over `spool`, not ready until [`Admin::set_ready`].
     pub fn new(spool: Arc<dyn Spool>, metrics: PrometheusHandle) -> Admin {
-        Admin { ready: AtomicBool::new(false), spool, metrics }
+        Admin { ready: AtomicBool::new(false), spool, metrics, upstreams: Arc::new(UpstreamStatus::new()) }
+    }
+
+    /// Shows `upstreams` (each circuit's state) in `/readyz`.
+    pub fn with_upstreams(mut self, upstreams: Arc<UpstreamStatus>) -> Admin {
+        self.upstreams = upstreams;
+        self
     }
 
     /// Flips the readiness latch.
@@ -70,6 +82,7 @@ impl Admin {
                 "detail": detail,
                 "spool_envelopes": self.spool.len(),
                 "spool_bytes": self.spool.bytes(),
+                "upstreams": self.upstreams.to_json(),
             })
             .to_string()
         };

@@ -33,8 +33,9 @@
 //! | [`ingest`] | routes, auth, body limits and decoding; compresses once for the upstream, appends, then answers | `clock`, `codec`, `config`, `http`, `limits`, `protocol`, `routing`, `spool`, `telemetry` |
 //! | [`upstream`] | transport only: the pooled rustls client sends a prepared request and classifies the answer | `codec`, `config`, `protocol`, `routing`, `telemetry` |
 //! | [`capture`] | the local sink used when no upstream is configured | `spool` |
-//! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `telemetry`, `upstream` |
-//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `http`, `spool`, `telemetry` |
+//! | [`status`] | what `/readyz` shows of each upstream's circuit (open, why, since when), written by dispatch | nothing |
+//! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `status`, `telemetry`, `upstream` |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `http`, `spool`, `status`, `telemetry` |
 //! | [`cli_tools`] | the binary's helpers: `check-config` (settings and their sources) and `send-test-event` (one event through a running sidecar, and its fate) | `config`, `protocol`, `telemetry` |
 //!
 //! # Threads
@@ -60,6 +61,7 @@ pub mod limits;
 pub mod protocol;
 pub mod routing;
 pub mod spool;
+pub mod status;
 pub mod sys;
 pub mod telemetry;
 pub mod upstream;
@@ -156,8 +158,10 @@ impl Sidecar {
         let cfg = Arc::new(cfg);
         let limits = Arc::new(RateLimits::new());
         let routes = Arc::new(Routes::new(cfg.upstream.clone(), cfg.routes.clone(), cfg.tunnel_allow.clone()));
+        let status = Arc::new(status::UpstreamStatus::new());
         for u in cfg.upstream.iter().chain(cfg.routes.iter().map(|r| &r.upstream)) {
             telemetry::register_upstream(u.as_str());
+            status.register(u.as_str());
         }
         let client = if routes.has_upstream() { Some(Arc::new(UpstreamClient::new(&cfg)?)) } else { None };
         let capture = Arc::new(Capture::new(cfg.spool_dir.join("capture.jsonl")));
@@ -174,7 +178,7 @@ impl Sidecar {
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let admin = Arc::new(Admin::new(spool.clone(), metrics));
+        let admin = Arc::new(Admin::new(spool.clone(), metrics).with_upstreams(status.clone()));
         let inline_admin = if admin_listener.is_none() { Some(admin.clone()) } else { None };
         let forward = client.clone().map(|c| Arc::new(PassThrough(c)) as Arc<dyn Forward>);
         let ingest = Arc::new(Ingest::new(cfg.clone(), routes.clone(), spool.clone(), limits.clone(), forward));
@@ -186,20 +190,27 @@ impl Sidecar {
         opts.on_overload = Some(|| {
             metrics::counter!(telemetry::REJECTED, "endpoint" => "other", "reason" => "connection_limit").increment(1)
         });
-        let mut servers = vec![tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone()))];
+        let mut servers = vec![
+            tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone())),
+            // Asleep until something is refused or dropped; then a line at most once a minute.
+            tokio::spawn(telemetry::summarize_trouble(shutdown_rx.clone())),
+        ];
         if let Some(l) = admin_listener {
             opts.max_connections = 64;
             servers.push(tokio::spawn(crate::http::serve(l, admin.clone(), shutdown_rx.clone(), opts)));
         }
-        let dispatcher = Arc::new(Dispatcher::new(
-            spool.clone(),
-            client,
-            capture,
-            limits,
-            routes,
-            DispatchConfig::from_config(&cfg),
-            crate::clock::Clock::system(),
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                spool.clone(),
+                client,
+                capture,
+                limits,
+                routes,
+                DispatchConfig::from_config(&cfg),
+                crate::clock::Clock::system(),
+            )
+            .with_status(status),
+        );
         let dispatcher = tokio::spawn(dispatcher.run(shutdown_rx));
         admin.set_ready(true);
         tracing::info!(

@@ -7,10 +7,21 @@
 //! Every metric has a `# HELP` text ([`ALL`]) and is registered at zero when the recorder is
 //! installed, with each value of its closed labels (endpoints, outcomes, reasons), so that a
 //! dashboard or an alert on `rate(...)` or `absent(...)` works before the first request.
+//!
+//! The recorder is wrapped so that refusals and drops are also tallied by reason: the summary
+//! line ([`summarize_trouble`]) reads those tallies once a minute while anything is refused or
+//! dropped, and sleeps without a timer otherwise, as the first count wakes it (an idle sidecar is
+//! never woken for it).
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{
+    counter, gauge, histogram, Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
+    Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::Endpoint;
@@ -27,6 +38,8 @@ pub const ACCEPTED_BYTES: &str = "sidecar_accepted_bytes_total";
 pub const FORWARDED: &str = "sidecar_forwarded_total";
 /// Upstream attempts, by `result` (`2xx`, `429`, `4xx`, `5xx`, `error`, `refused`).
 pub const UPSTREAM_ATTEMPTS: &str = "sidecar_upstream_attempts_total";
+/// Upstream attempts that failed without a usable answer, by `reason` ([`FAILURE_REASONS`]).
+pub const UPSTREAM_FAILURES: &str = "sidecar_upstream_failures_total";
 /// Upstream request latency in seconds.
 pub const UPSTREAM_LATENCY: &str = "sidecar_upstream_duration_seconds";
 /// Bytes sent upstream (request bodies after compression).
@@ -92,6 +105,11 @@ pub const ALL: &[Metric] = &[
         "Spooled envelopes whose delivery finished, by outcome (delivered, rejected, captured).",
     ),
     m(UPSTREAM_ATTEMPTS, Kind::Counter, "Upstream attempts, by result (2xx, 429, 4xx, 5xx, error, refused)."),
+    m(
+        UPSTREAM_FAILURES,
+        Kind::Counter,
+        "Upstream attempts that failed without a usable answer, by reason (dns, refused, tls_unknown_issuer, http_5xx, ...).",
+    ),
     m(UPSTREAM_LATENCY, Kind::Histogram, "Upstream request latency in seconds."),
     m(UPSTREAM_BYTES, Kind::Counter, "Request bytes sent upstream (after compression)."),
     m(
@@ -143,6 +161,23 @@ const REJECT_REASONS: &[&str] = &[
 ];
 const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];
 const RESULTS: &[&str] = &["2xx", "429", "4xx", "5xx", "error", "refused"];
+/// The `reason` labels of [`UPSTREAM_FAILURES`], one per kind of upstream failure (the upstream
+/// module's `Failure` labels, which a test there keeps equal to this list).
+pub const FAILURE_REASONS: &[&str] = &[
+    "dns",
+    "refused",
+    "connect_timeout",
+    "tls_unknown_issuer",
+    "tls_name_mismatch",
+    "tls_expired",
+    "tls_bad_certificate",
+    "tls_handshake",
+    "http_5xx",
+    "http_408",
+    "request_timeout",
+    "reset",
+    "other",
+];
 const RETRY_REASONS: &[&str] = &["transient", "rate_limited", "refused"];
 const DROP_REASONS: &[&str] =
     &["spool_full", "too_old", "rate_limited", "upstream_rejected", "upstream_rate_limited", "unreadable"];
@@ -176,6 +211,9 @@ fn register() {
     }
     for r in RESULTS {
         counter!(UPSTREAM_ATTEMPTS, "result" => *r).absolute(0);
+    }
+    for r in FAILURE_REASONS {
+        counter!(UPSTREAM_FAILURES, "reason" => *r).absolute(0);
     }
     for r in RETRY_REASONS {
         counter!(RETRIES, "reason" => *r).absolute(0);
@@ -227,6 +265,7 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            let recorder = Tallying(recorder);
             // A recorder built this way keeps every histogram sample until something drains it;
             // without a scrape that is 8 bytes per delivered envelope, forever. Drain it on a
             // small thread of its own (not a task: the recorder outlives any one runtime).
@@ -311,6 +350,154 @@ pub fn hot() -> &'static Hot {
     })
 }
 
+/// Refusals and drops by reason, tallied beside their counters, and the wake-up of the summary.
+struct Trouble {
+    /// (`rejected` or `dropped`, reason) -> count since start.
+    tallies: Mutex<BTreeMap<(&'static str, String), Arc<AtomicU64>>>,
+    /// Set while a summary task sleeps until the next count.
+    asleep: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+fn trouble() -> &'static Trouble {
+    static TROUBLE: OnceLock<Trouble> = OnceLock::new();
+    TROUBLE.get_or_init(|| Trouble {
+        tallies: Mutex::new(BTreeMap::new()),
+        asleep: AtomicBool::new(false),
+        wake: tokio::sync::Notify::new(),
+    })
+}
+
+impl Trouble {
+    fn tally(&self, kind: &'static str, reason: &str) -> Arc<AtomicU64> {
+        let mut t = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        t.entry((kind, reason.to_owned())).or_default().clone()
+    }
+
+    fn snapshot(&self) -> BTreeMap<(&'static str, String), u64> {
+        let t = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0).collect()
+    }
+
+    /// Something was counted: wakes a sleeping summary (one atomic swap otherwise).
+    fn poke(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            self.wake.notify_waiters();
+        }
+    }
+}
+
+/// A refusal or drop counter that also tallies what it counts.
+struct Tallied {
+    inner: Counter,
+    tally: Arc<AtomicU64>,
+}
+
+impl CounterFn for Tallied {
+    fn increment(&self, value: u64) {
+        self.inner.increment(value);
+        if value > 0 {
+            self.tally.fetch_add(value, Ordering::SeqCst);
+            trouble().poke();
+        }
+    }
+
+    fn absolute(&self, value: u64) {
+        self.inner.absolute(value);
+    }
+}
+
+/// The Prometheus recorder, tallying [`REJECTED`] and [`DROPPED`] by reason on the side (every
+/// other series is the recorder's own, untouched).
+struct Tallying<R>(R);
+
+impl<R: Recorder> Recorder for Tallying<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let counter = self.0.register_counter(key, metadata);
+        let kind = match key.name() {
+            REJECTED => "rejected",
+            DROPPED => "dropped",
+            _ => return counter,
+        };
+        let reason = key.labels().find(|l| l.key() == "reason").map_or("other", |l| l.value());
+        Counter::from_arc(Arc::new(Tallied { inner: counter, tally: trouble().tally(kind, reason) }))
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(key, metadata)
+    }
+}
+
+/// Least time between two summary lines.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs what was refused and dropped, by reason: a line at the first refusal or drop, then at
+/// most one per [`SUMMARY_INTERVAL`] while they go on; asleep (no timer) while nothing is.
+/// Returns when `shutdown` turns true.
+pub async fn summarize_trouble(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let t = trouble();
+    let mut last = t.snapshot();
+    loop {
+        let woken = t.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        t.asleep.store(true, Ordering::SeqCst);
+        if t.snapshot() == last {
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let now = t.snapshot();
+        let (rejected, dropped) = summary(&last, &now);
+        last = now;
+        if rejected.is_some() || dropped.is_some() {
+            tracing::info!(
+                rejected = rejected.as_deref().unwrap_or("none"),
+                dropped = dropped.as_deref().unwrap_or("none"),
+                "refused or dropped since the last summary (by reason; see sidecar_rejected_total, sidecar_dropped_total)"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SUMMARY_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// What grew from `before` to `after`: `reason=count ...` for refusals and for drops.
+fn summary(
+    before: &BTreeMap<(&'static str, String), u64>,
+    after: &BTreeMap<(&'static str, String), u64>,
+) -> (Option<String>, Option<String>) {
+    let mut by_kind: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for ((kind, reason), n) in after {
+        let grew = n.saturating_sub(before.get(&(*kind, reason.clone())).copied().unwrap_or(0));
+        if grew > 0 {
+            *by_kind.entry(kind).or_default().entry(reason).or_default() += grew;
+        }
+    }
+    let text =
+        |kind: &str| by_kind.get(kind).map(|m| m.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" "));
+    (text("rejected"), text("dropped"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +517,40 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ALL.len());
         assert!(ALL.iter().all(|m| m.name.starts_with("sidecar_") && !m.help.is_empty()));
+    }
+
+    #[test]
+    fn a_summary_counts_what_grew_by_reason() {
+        let key = |k: &'static str, r: &str| (k, r.to_owned());
+        let before = BTreeMap::from([(key("rejected", "auth"), 2), (key("dropped", "spool_full"), 5)]);
+        let after = BTreeMap::from([
+            (key("rejected", "auth"), 5),
+            (key("rejected", "too_large"), 1),
+            (key("dropped", "spool_full"), 5),
+        ]);
+        assert_eq!(summary(&before, &after), (Some("auth=3 too_large=1".into()), None));
+        assert_eq!(summary(&after, &after), (None, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_summary_sleeps_until_a_refusal_then_tells_at_most_once_a_minute() {
+        let _ = metrics_handle();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(summarize_trouble(rx));
+        // Other tests of this binary may refuse things too (the recorder is process-wide): then
+        // the task tells it and is asleep again a minute later.
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+            if trouble().asleep.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(SUMMARY_INTERVAL + Duration::from_secs(1)).await;
+        }
+        assert!(trouble().asleep.load(Ordering::SeqCst), "asleep (no timer) while nothing is refused");
+        counter!(REJECTED, "endpoint" => "envelope", "reason" => "invalid_key").increment(1);
+        assert!(!trouble().asleep.load(Ordering::SeqCst), "woken by the refusal");
+        assert!(trouble().snapshot().get(&("rejected", "invalid_key".to_owned())).is_some_and(|n| *n >= 1));
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

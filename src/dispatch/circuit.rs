@@ -3,6 +3,10 @@
 //! the probe interval backing off up to its own cap, and the first real answer closes the circuit
 //! and releases the records it held.
 //!
+//! A certificate that fails verification (an unknown CA, another name, expired) is a
+//! configuration error, not a transient one: it opens the circuit at once and probes at the
+//! probe cap, since no retry fixes it, while the spool keeps accepting.
+//!
 //! A count, not only a time: at full rate a grace of seconds was thousands of failing requests
 //! (and TLS handshakes) against an upstream already in trouble. The probe's cap is its own and
 //! short (seconds, not the per-envelope `retry_max` of minutes), so a recovered upstream sees its
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use super::backoff::backoff;
 use super::ms;
-use crate::upstream::Outcome;
+use crate::upstream::{Failure, Outcome};
 
 /// A probe out longer than this is taken as lost (its task went away without an answer), so the
 /// circuit cannot stay "probing" forever.
@@ -53,6 +57,11 @@ pub(super) enum Change {
         /// How long the upstream had been failing.
         failing_for_ms: u64,
     },
+    /// The open circuit's probe failed for another reason than the last one.
+    Failing {
+        /// The new reason.
+        failure: Failure,
+    },
     /// A real answer closed the circuit; these held records may go at once.
     Closed {
         /// The ids of the records held while it was open.
@@ -72,6 +81,9 @@ pub(super) struct Circuit {
     /// The record probing now, and since when.
     probe: Option<(u64, u64)>,
     held: Vec<u64>,
+    /// The last transient failure, and when the circuit opened (while open).
+    failure: Option<Failure>,
+    opened_at: u64,
 }
 
 impl Circuit {
@@ -86,7 +98,28 @@ impl Circuit {
             probe_attempt: 0,
             probe: None,
             held: Vec::new(),
+            failure: None,
+            opened_at: 0,
         }
+    }
+
+    /// Why the circuit is open and since when (unix ms); `None` while closed.
+    pub(super) fn open_reason(&self) -> Option<(Failure, u64)> {
+        if self.open {
+            self.failure.map(|f| (f, self.opened_at))
+        } else {
+            None
+        }
+    }
+
+    /// When the next probe may go after a failure of kind `failure` on probe attempt `attempt`:
+    /// a certificate that does not verify waits the cap, as backing off from it is pointless.
+    fn next_probe(&self, failure: Failure, attempt: u32, now: u64) -> u64 {
+        let t = self.timing;
+        if failure.is_certificate() {
+            return now + ms(t.probe_max);
+        }
+        now + ms(backoff(attempt, t.retry_initial, t.probe_max))
     }
 
     /// Whether sending is stopped.
@@ -126,7 +159,7 @@ impl Circuit {
     pub(super) fn observe(&mut self, id: u64, outcome: &Outcome, now: u64) -> Option<Change> {
         let t = self.timing;
         let is_probe = self.probe.is_some_and(|(p, _)| p == id);
-        let transient = match outcome {
+        let failed = match outcome {
             Outcome::Refused { .. } => {
                 if is_probe {
                     self.probe = None;
@@ -134,10 +167,10 @@ impl Circuit {
                 }
                 return None;
             }
-            Outcome::Transient { .. } => true,
-            Outcome::Delivered { .. } | Outcome::Rejected { .. } | Outcome::RateLimited { .. } => false,
+            Outcome::Transient { failure, .. } => Some(*failure),
+            Outcome::Delivered { .. } | Outcome::Rejected { .. } | Outcome::RateLimited { .. } => None,
         };
-        if !transient {
+        let Some(failure) = failed else {
             self.failures = 0;
             self.failing_since = None;
             if !self.open {
@@ -146,27 +179,36 @@ impl Circuit {
             self.open = false;
             self.probe = None;
             self.probe_attempt = 0;
+            self.failure = None;
             return Some(Change::Closed { held: std::mem::take(&mut self.held) });
-        }
+        };
         if self.open {
             // Requests that were in flight when it opened fail too; only the probe's failure
-            // moves the probe on.
-            if is_probe {
-                self.probe = None;
-                self.probe_attempt = self.probe_attempt.saturating_add(1);
-                self.probe_at = now + ms(backoff(self.probe_attempt, t.retry_initial, t.probe_max));
+            // moves the probe on (and tells whether the reason changed).
+            if !is_probe {
+                return None;
             }
-            return None;
+            self.probe = None;
+            self.probe_attempt = self.probe_attempt.saturating_add(1);
+            self.probe_at = self.next_probe(failure, self.probe_attempt, now);
+            if self.failure == Some(failure) {
+                return None;
+            }
+            self.failure = Some(failure);
+            return Some(Change::Failing { failure });
         }
         self.failures = self.failures.saturating_add(1);
         let since = *self.failing_since.get_or_insert(now);
-        if self.failures < t.failures.max(1) && now.saturating_sub(since) < ms(t.grace) {
+        let enough = self.failures >= t.failures.max(1) || now.saturating_sub(since) >= ms(t.grace);
+        if !enough && !failure.is_certificate() {
             return None;
         }
         self.open = true;
         self.probe = None;
         self.probe_attempt = 0;
-        self.probe_at = now + ms(backoff(0, t.retry_initial, t.probe_max));
+        self.probe_at = self.next_probe(failure, 0, now);
+        self.failure = Some(failure);
+        self.opened_at = now;
         Some(Change::Opened { failures: self.failures, failing_for_ms: now - since })
     }
 }
@@ -178,7 +220,11 @@ mod tests {
     const SEC: u64 = 1_000;
 
     fn fail() -> Outcome {
-        Outcome::Transient { reason: "status 503".into() }
+        Outcome::Transient { failure: Failure::Http5xx, reason: "status 503".into() }
+    }
+
+    fn failing(failure: Failure) -> Outcome {
+        Outcome::Transient { failure, reason: failure.label().into() }
     }
 
     fn ok() -> Outcome {
@@ -318,5 +364,31 @@ mod tests {
             assert_eq!(c.observe(1, &fail(), now), None);
         }
         assert!(c.probe_at - now <= 8 * SEC && c.probe_at - now >= 4 * SEC, "capped at probe_max");
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_verify_opens_at_once_and_probes_at_the_cap() {
+        let mut c = circuit();
+        let bad = failing(Failure::TlsUnknownIssuer);
+        assert_eq!(c.observe(1, &bad, 100), Some(Change::Opened { failures: 1, failing_for_ms: 0 }));
+        assert_eq!(c.open_reason(), Some((Failure::TlsUnknownIssuer, 100)));
+        assert_eq!(c.probe_at, 100 + 8 * SEC, "the first probe waits the cap, not the first backoff");
+        assert_eq!(c.admit(2, 100 + 8 * SEC), Admit::Send);
+        assert_eq!(c.observe(2, &bad, 100 + 8 * SEC), None, "the same reason: nothing to report");
+        assert_eq!(c.probe_at, 100 + 16 * SEC);
+        // Another reason on a probe is reported (and probes back off as usual again).
+        assert_eq!(c.admit(3, 100 + 16 * SEC), Admit::Send);
+        let refused = failing(Failure::Refused);
+        assert_eq!(c.observe(3, &refused, 100 + 16 * SEC), Some(Change::Failing { failure: Failure::Refused }));
+        assert_eq!(c.open_reason(), Some((Failure::Refused, 100)));
+        assert!(c.probe_at - (100 + 16 * SEC) <= 8 * SEC);
+        assert_eq!(c.observe(9, &ok(), 200 * SEC), Some(Change::Closed { held: vec![] }));
+        assert_eq!(c.open_reason(), None);
+        // A transient failure still needs the count (or the grace) to open it.
+        let mut c = circuit();
+        assert_eq!(c.observe(1, &failing(Failure::Refused), 0), None);
+        assert_eq!(c.observe(2, &failing(Failure::ConnectTimeout), 0), None);
+        assert_eq!(c.observe(3, &failing(Failure::Reset), 0), Some(Change::Opened { failures: 3, failing_for_ms: 0 }));
+        assert_eq!(c.open_reason(), Some((Failure::Reset, 0)));
     }
 }

@@ -27,7 +27,8 @@
 //! `circuit` (when to stop and probe), `expiry` (the probe at the end of a rate limit), `width`
 //! (the slots), `pacer` (the drain's token bucket), `decide` (what a delivery asks of the spool),
 //! `request` (a record as the request the transport sends), `quiet` (repeated log lines as one
-//! line with a count) and [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
+//! line with a count), `story` (a backlog's start, progress and end, told at info level) and
+//! [`backoff()`]. Every due time comes from the [`Clock`] the dispatcher is given, so its timing
 //! tests run on tokio's paused clock.
 
 mod backoff;
@@ -37,6 +38,7 @@ mod expiry;
 mod pacer;
 mod quiet;
 mod request;
+mod story;
 mod width;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,6 +59,7 @@ use self::expiry::{Answer, Gates};
 use self::pacer::Pacer;
 use self::quiet::Quiet;
 use self::request::Compression;
+use self::story::Drain;
 use self::width::Width;
 use crate::capture::Capture;
 use crate::clock::Clock;
@@ -67,8 +70,9 @@ use crate::protocol::Endpoint;
 use crate::routing::{Routes, Target, UpstreamUrl};
 use crate::spool::report;
 use crate::spool::{Queued, Record, Reschedule, Spool};
+use crate::status::UpstreamStatus;
 use crate::telemetry as t;
-use crate::upstream::{Attempt, Outcome, UpstreamClient};
+use crate::upstream::{Attempt, Failure, Outcome, UpstreamClient};
 
 /// Dispatch settings, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -162,6 +166,8 @@ struct UpstreamState {
     gates: Mutex<Gates>,
     /// 429 answers since the last line about them.
     limited_log: Mutex<Quiet>,
+    /// Circuit openings (and changes of reason) since the last line about them.
+    failing_log: Mutex<Quiet>,
 }
 
 /// Locks `m`, going on with the data if a panicking thread poisoned it.
@@ -179,6 +185,7 @@ impl UpstreamState {
             circuit: Mutex::new(Circuit::new(timing)),
             gates: Mutex::new(Gates::default()),
             limited_log: Mutex::new(Quiet::default()),
+            failing_log: Mutex::new(Quiet::default()),
         }
     }
 
@@ -224,28 +231,107 @@ impl UpstreamState {
         self.circuit().admit(id, now)
     }
 
-    /// Feeds record `id`'s outcome to the circuit, reports a change; returns the held records to
-    /// release if it closed.
-    fn observe(&self, id: u64, outcome: &Outcome, now: u64) -> Option<Vec<u64>> {
-        let change = self.circuit().observe(id, outcome, now)?;
+    /// Feeds record `id`'s outcome to the circuit, reports a change (gauge, `status`, a line);
+    /// returns the held records to release if it closed.
+    fn observe(
+        &self,
+        id: u64,
+        outcome: &Outcome,
+        now: u64,
+        status: &UpstreamStatus,
+        probe_max: Duration,
+    ) -> Option<Vec<u64>> {
+        let (change, opened_at) = {
+            let mut circuit = self.circuit();
+            let opened_at = circuit.open_reason().map(|(_, since)| since);
+            (circuit.observe(id, outcome, now)?, opened_at)
+        };
         let upstream = self.name.as_str();
+        let (failure, detail) = match outcome {
+            Outcome::Transient { failure, reason } => (*failure, reason.as_str()),
+            _ => (Failure::Other, ""),
+        };
         match change {
             Change::Opened { failures, failing_for_ms } => {
                 gauge!(t::CIRCUIT_OPEN, "upstream" => upstream.to_owned()).set(1.0);
-                tracing::warn!(
-                    upstream,
-                    failures,
-                    failing_for_ms,
-                    "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
-                );
+                status.opened(upstream, failure.label(), detail, now);
+                if let Some(lines) = lock(&self.failing_log).hit(now) {
+                    if failure.is_certificate() {
+                        self.certificate_error(failure, detail, probe_max, lines);
+                    } else {
+                        tracing::warn!(
+                            upstream,
+                            reason = failure.label(),
+                            detail,
+                            failures,
+                            failing_for_ms,
+                            "upstream failing; circuit open: sending stops, probing with backoff, accepting into the spool"
+                        );
+                    }
+                }
+                None
+            }
+            Change::Failing { failure } => {
+                status.failing(upstream, failure.label(), detail);
+                if let Some(lines) = lock(&self.failing_log).hit(now) {
+                    if failure.is_certificate() {
+                        self.certificate_error(failure, detail, probe_max, lines);
+                    } else {
+                        tracing::warn!(
+                            upstream,
+                            reason = failure.label(),
+                            detail,
+                            "upstream still failing, for another reason; circuit stays open"
+                        );
+                    }
+                }
                 None
             }
             Change::Closed { held } => {
                 gauge!(t::CIRCUIT_OPEN, "upstream" => upstream.to_owned()).set(0.0);
-                tracing::info!(upstream, "upstream answers again; circuit closed, draining the backlog");
+                status.closed(upstream);
+                let open_for_s = opened_at.map_or(0, |since| now.saturating_sub(since) / 1000);
+                tracing::info!(
+                    upstream,
+                    open_for_s,
+                    held = held.len(),
+                    "upstream answers again; circuit closed, draining the backlog"
+                );
                 Some(held)
             }
         }
+    }
+
+    /// The one ERROR line of a certificate that does not verify, with the fix and the name it was
+    /// checked against (the upstream URL's host, which is what rustls verifies).
+    fn certificate_error(&self, failure: Failure, detail: &str, probe_max: Duration, lines: u64) {
+        let upstream = self.name.as_str();
+        let name = upstream.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).unwrap_or_default();
+        let fix = match failure {
+            Failure::TlsUnknownIssuer => format!(
+                "it is signed by a CA this sidecar does not trust; if {name} uses a private CA, pass that CA's \
+                 certificate (PEM) with --ca-file"
+            ),
+            Failure::TlsNameMismatch => format!(
+                "it is not valid for the name {name} (see detail for the names it covers); point --upstream at a \
+                 name the certificate covers or reissue it for {name} (--ca-file only adds trusted CAs)"
+            ),
+            Failure::TlsExpired => "it has expired or is not valid yet; renew it on the upstream or check this \
+                 machine's clock (--ca-file cannot fix this)"
+                .to_owned(),
+            _ => "it is invalid (see detail); fix it on the upstream, or pass the CA that signed it with --ca-file"
+                .to_owned(),
+        };
+        tracing::error!(
+            upstream,
+            reason = failure.label(),
+            checked_name = %name,
+            detail,
+            lines,
+            "upstream TLS certificate does not verify for {name}: {fix}; not retried as transient: sending stops, \
+             probing every {}s, accepting into the spool",
+            probe_max.as_secs()
+        );
     }
 
     fn is_open(&self) -> bool {
@@ -270,6 +356,8 @@ pub struct Dispatcher {
     stopping: AtomicBool,
     /// Failed spool writes since the last line about them.
     spool_log: Mutex<Quiet>,
+    /// What `/readyz` shows of each upstream's circuit.
+    status: Arc<UpstreamStatus>,
     /// Records in delivery tasks, and whether they were released while there: a release must
     /// not reschedule a row a task holds (the row would be read and sent a second time while the
     /// task still has it), so the task's own retry is made due at once instead.
@@ -302,8 +390,15 @@ impl Dispatcher {
             clock,
             stopping: AtomicBool::new(false),
             spool_log: Mutex::new(Quiet::default()),
+            status: Arc::new(UpstreamStatus::new()),
             in_tasks: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Reports each upstream's circuit (open, why, since when) to `status`, which `/readyz` shows.
+    pub fn with_status(mut self, status: Arc<UpstreamStatus>) -> Dispatcher {
+        self.status = status;
+        self
     }
 
     /// Runs until `shutdown` turns true, then waits up to the shutdown timeout for deliveries in
@@ -312,8 +407,11 @@ impl Dispatcher {
         let notify = self.spool.notify();
         let mut tasks: JoinSet<Settle> = JoinSet::new();
         let mut pacer = Pacer::new(self.cfg.drain_rate, Instant::now());
-        if self.spool.len() as usize > self.cfg.batch_size {
+        let mut drain = Drain::default();
+        let batch = self.cfg.batch_size as u64;
+        if self.spool.len() > batch {
             pacer.start(Instant::now());
+            drain.start(self.clock.now_ms(), self.spool.len());
         }
         let mut last_prune = self.clock.now_ms();
         // Set when everything just read was held back by an open circuit: reading again before
@@ -328,6 +426,12 @@ impl Dispatcher {
             if self.recovered.swap(false, Ordering::AcqRel) {
                 pacer.start(Instant::now());
                 blocked_until = None;
+                if self.spool.len() > batch {
+                    drain.start(self.clock.now_ms(), self.spool.len());
+                }
+            }
+            if let Some(line) = drain.tick(self.clock.now_ms(), self.spool.len(), batch) {
+                Drain::log(line);
             }
             if pacer.is_active() && self.spool.len() as usize <= self.cfg.batch_size {
                 pacer.stop();
@@ -348,6 +452,12 @@ impl Dispatcher {
                 match self.spool.read_batch(allowed, 8 * 1024 * 1024, self.clock.now_ms()).await {
                     Ok(batch) => {
                         pacer.spend(batch.len());
+                        if !batch.is_empty() {
+                            let oldest = batch.iter().map(|q| q.record.received_ms).min();
+                            if let Some(line) = drain.read(self.clock.now_ms(), oldest) {
+                                Drain::log(line);
+                            }
+                        }
                         let all_blocked = !batch.is_empty() && batch.iter().all(|q| self.is_blocked(q));
                         {
                             let mut in_tasks = lock(&self.in_tasks);
@@ -388,7 +498,7 @@ impl Dispatcher {
                     while let Some(more) = tasks.try_join_next() {
                         settled.push(more);
                     }
-                    self.settle(settled).await;
+                    drain.sent(self.settle(settled).await);
                 }
                 _ = &mut notified, if !reading_paused => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -426,7 +536,9 @@ impl Dispatcher {
         }
     }
 
-    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) {
+    /// Acks, reschedules and reports what the finished deliveries ask; returns how many records
+    /// left the spool for good.
+    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) -> usize {
         let mut acks = Vec::new();
         let mut retries = Vec::new();
         let mut drops = Vec::new();
@@ -457,6 +569,7 @@ impl Dispatcher {
         }
         // A failed ack or reschedule keeps its records leased in the spool, which retries the
         // write (not the send); the lines are summarised, as on a full disk every one fails.
+        let finished = acks.len();
         if !acks.is_empty() {
             if let Err(e) = self.spool.ack(acks).await {
                 self.spool_failed("ack", &e, now);
@@ -476,6 +589,7 @@ impl Dispatcher {
         let hot = t::hot();
         hot.spool_envelopes.set(self.spool.len() as f64);
         hot.spool_bytes.set(self.spool.bytes() as f64);
+        finished
     }
 
     fn spool_failed(&self, what: &'static str, e: &crate::spool::SpoolError, now: u64) {
@@ -595,7 +709,7 @@ impl Dispatcher {
             state.learn(v, &self.cfg);
         }
         state.finished(slot, done.saturating_sub(now), done);
-        let closed = state.observe(q.id, &attempt.outcome, done);
+        let closed = state.observe(q.id, &attempt.outcome, done, &self.status, self.cfg.probe_max_interval);
         let recovered = closed.is_some();
         let mut released = closed.unwrap_or_default();
         let mut verdict = self.verdict(&state, attempt.outcome, scoping, q, done);
@@ -695,10 +809,17 @@ impl Dispatcher {
                 tracing::debug!(reason, upstream, attempts = q.attempts, "upstream did not process it");
                 Verdict::Refused
             }
-            Outcome::Transient { reason } => {
-                let label = if reason.starts_with("status") { "5xx" } else { "error" };
+            Outcome::Transient { failure, reason } => {
+                let label = if matches!(failure, Failure::Http5xx | Failure::Http408) { "5xx" } else { "error" };
                 counter!(t::UPSTREAM_ATTEMPTS, "result" => label).increment(1);
-                tracing::debug!(reason, upstream, attempts = q.attempts, "transient upstream failure");
+                counter!(t::UPSTREAM_FAILURES, "reason" => failure.label()).increment(1);
+                tracing::debug!(
+                    reason = failure.label(),
+                    detail = reason,
+                    upstream,
+                    attempts = q.attempts,
+                    "transient upstream failure"
+                );
                 Verdict::Failed
             }
         }

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 
+use super::failure::Failure;
 use crate::protocol::rate_limits::{parse_rate_limits, parse_retry_after};
 use crate::protocol::RateLimit;
 
@@ -32,9 +33,12 @@ pub enum Outcome {
         /// Limits announced on the answer.
         limits: Vec<RateLimit>,
     },
-    /// 408, 5xx, connect/TLS/timeout/reset: try again later.
+    /// 408, 5xx, connect/TLS/timeout/reset: try again later (a certificate that fails
+    /// verification too, but the circuit treats it as the configuration error it is).
     Transient {
-        /// A short reason for logs and metrics.
+        /// Why, as a closed set (metrics, `/readyz`, the circuit).
+        failure: Failure,
+        /// The detail for logs (the status, or the error chain).
         reason: String,
     },
     /// The upstream did not process the request: HTTP/2 `REFUSED_STREAM`, or a `GOAWAY` whose
@@ -66,7 +70,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Out
                 .unwrap_or(Duration::from_secs(60));
             Outcome::RateLimited { retry_after, limits }
         }
-        408 | 500..=599 => Outcome::Transient { reason: format!("status {code}") },
+        408 | 500..=599 => Outcome::Transient { failure: Failure::of_status(code), reason: format!("status {code}") },
         _ => Outcome::Rejected {
             status: code,
             detail: headers.get("x-sentry-error").and_then(|v| v.to_str().ok()).map(|s| s.chars().take(200).collect()),

@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::classify::{classify, Outcome};
+use super::failure::Failure;
 use super::limit::LimitedConnector;
 use super::request::Request;
 use crate::config::Config;
@@ -133,11 +134,13 @@ impl UpstreamClient {
             Ok(Err(e)) if unprocessed(&e) => {
                 Attempt { outcome: Outcome::Refused { reason: error_chain(&e) }, version: None, sent_bytes }
             }
-            Ok(Err(e)) => {
-                Attempt { outcome: Outcome::Transient { reason: error_chain(&e) }, version: None, sent_bytes }
-            }
+            Ok(Err(e)) => Attempt {
+                outcome: Outcome::Transient { failure: Failure::of_error(&e), reason: error_chain(&e) },
+                version: None,
+                sent_bytes,
+            },
             Err(_) => Attempt {
-                outcome: Outcome::Transient { reason: "request timed out".into() },
+                outcome: Outcome::Transient { failure: Failure::RequestTimeout, reason: "request timed out".into() },
                 version: None,
                 sent_bytes,
             },

@@ -34,14 +34,31 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
+        Pki::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A fresh CA and a server certificate valid only for `names` (a name mismatch when the
+    /// sidecar connects to 127.0.0.1 and 127.0.0.1 is not among them).
+    pub fn for_names(names: &[&str]) -> Pki {
+        Pki::build("sidecar test CA", names)
+    }
+
+    /// A CA of another name (and its certificate for 127.0.0.1): one the sidecar trusting
+    /// [`Pki::new`]'s does not know at all (a same-named CA would be found, and fail on the
+    /// signature instead).
+    pub fn other_ca() -> Pki {
+        Pki::build("another test CA", &["127.0.0.1", "localhost"])
+    }
+
+    fn build(ca_name: &str, names: &[&str]) -> Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sidecar test CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
