@@ -8,6 +8,15 @@ local auth = "Sentry sentry_key=0123456789abcdef0123456789abcdef, sentry_version
 local counter = 0
 local salt
 
+-- DELAY_MS > 0: each connection waits that long after an answer before its next request, so
+-- a few connections offer a fixed low rate (rates.sh) instead of as many requests as they can.
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+if delay_ms > 0 then
+  delay = function()
+    return delay_ms
+  end
+end
+
 setup = function(thread)
   thread:set("salt", math.random(0, 0x7fffffff))
 end
