@@ -71,7 +71,8 @@ fn item_lengths_at_and_past_the_end_of_the_body() {
 #[test]
 fn envelope_lines_that_are_almost_json() {
     use EnvelopeError as E;
-    let cases: &[&[u8]] = &[b"{", b"{\n", b"\n", b" \t\r\n", b"{}\n{", b"{}\n{\"type\":1}\n", b"{}\n{\"type\":\"a\"}\x00"];
+    let cases: &[&[u8]] =
+        &[b"{", b"{\n", b"\n", b" \t\r\n", b"{}\n{", b"{}\n{\"type\":1}\n", b"{}\n{\"type\":\"a\"}\x00"];
     for case in cases {
         let r = Envelope::parse(Bytes::copy_from_slice(case));
         assert!(
@@ -136,7 +137,9 @@ fn dsns_and_auth_with_odd_bytes() {
     assert_eq!(Auth::from_header("Sentry sentry_key=, sentry_key="), Err(AuthError::Invalid("no sentry_key")));
     assert_eq!(Auth::from_query("sentry_key=%ff%fe&sentry_version=7").unwrap().unwrap().public_key, "\u{fffd}\u{fffd}");
     assert_eq!(Auth::from_query("sentry_key&sentry_version"), Err(AuthError::Invalid("no sentry_key")));
-    for bad in ["https://k@h/18446744073709551616", "https://k@h/-1", "https://k@h/", "https://\u{e9}@/1", "http://:@h/1"] {
+    for bad in
+        ["https://k@h/18446744073709551616", "https://k@h/-1", "https://k@h/", "https://\u{e9}@/1", "http://:@h/1"]
+    {
         assert!(Dsn::parse(bad).is_err(), "{bad}");
     }
     // What it accepts prints back to itself.
@@ -150,7 +153,9 @@ fn dsns_and_auth_with_odd_bytes() {
 
 #[test]
 fn rate_limit_numbers_at_the_edges() {
-    for value in ["NaN:error", "inf:error", "-inf:error", "1e309:error", "-1:error", "0x10:error", ":error", "-0.000001:"] {
+    for value in
+        ["NaN:error", "inf:error", "-inf:error", "1e309:error", "-1:error", "0x10:error", ":error", "-0.000001:"]
+    {
         assert!(parse_rate_limits(value).is_empty(), "{value}");
     }
     let limits = parse_rate_limits("-0:error, 1e-400:error, 1e300:transaction:key");
@@ -199,6 +204,32 @@ fn sent_at_that_cannot_move_is_left_alone() {
         None,
         "only the first timestamp is read"
     );
+}
+
+/// Found by the `rewrite` target (its first run, after 98,026 executions): an envelope header
+/// holding a lone surrogate escape (`\ud83d]`) deep in an unknown key. serde_json reads raw and
+/// ignored values leniently, so the parser and the rewriter accept the header although it is not
+/// strict JSON; the rewriter must then copy that value verbatim (it never re-encodes other keys)
+/// and keep the rest of the envelope, not fail or "repair" it. The fuzz target wrongly demanded
+/// valid JSON out of invalid JSON in; it now demands it only of headers that were valid.
+#[test]
+fn lone_surrogate_in_an_unknown_header_key_is_copied_verbatim() {
+    let header: &[u8] = br#"{"sent_at":"2026-11-26T04:49:13.355Z","sdk":{"name":"00f8d\u00e9 \u2713 \ud83d\ude80 \"quotes\" \\\\ back\\\\slash <tag> & tab\\t'","m":"'fx-prefixed-0000'","exc":"AccepatrncEeror('accaptance error Au2713 \ud83d]ude80 \"quotes\" \\\\ back\\\\slash <tag> & tab\\t'","m":"'fx-prefixed-0000'","exc":"AccepatrncEe"}}"#;
+    assert_eq!(u16::from_be_bytes([0x00, 0x5a]), 90, "the fuzz input's elapsed seconds");
+    assert!(serde_json::from_slice::<serde_json::Value>(header).is_err(), "not strict JSON");
+    assert!(
+        Envelope::parse(Bytes::copy_from_slice(header)).is_ok(),
+        "accepted: serde_json skips unknown keys without decoding their escapes"
+    );
+
+    let mut body = header.to_vec();
+    body.extend_from_slice(b"\n{\"type\":\"event\",\"length\":2}\n{}\n");
+    let out = shift_sent_at(&Bytes::from(body), Duration::from_secs(90)).unwrap();
+    let end = out.iter().position(|b| *b == b'\n').unwrap();
+    let new_header = std::str::from_utf8(&out[..end]).unwrap();
+    assert!(new_header.contains(r#""sent_at":"2026-11-26T04:50:43.355Z""#), "{new_header}");
+    assert!(new_header.contains(r#"\ud83d]ude80"#), "the odd escape is kept as sent");
+    assert_eq!(&out[end..], b"\n{\"type\":\"event\",\"length\":2}\n{}\n");
 }
 
 // decode target

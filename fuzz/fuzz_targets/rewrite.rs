@@ -2,8 +2,8 @@
 //! then an envelope (which also serves as an `X-Sentry-Auth` value for the store variant).
 //!
 //! Beyond "no panic": a rewritten envelope keeps every byte from the end of its header line on,
-//! its new header is one line of JSON with a string `sent_at`, and a rewritten auth header keeps
-//! everything but the timestamp's digits.
+//! its new header is one line (of JSON with a string `sent_at`, when the old one was JSON), and a
+//! rewritten auth header keeps everything but the timestamp's digits.
 #![no_main]
 
 use std::time::Duration;
@@ -23,8 +23,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some(out) = shift_sent_at(&envelope, elapsed) {
         let (old_end, new_end) = (header_end(body), header_end(&out));
         assert_eq!(&out[new_end..], &body[old_end..], "bytes after the header changed");
-        let header: serde_json::Value = serde_json::from_slice(&out[..new_end]).expect("the new header is JSON");
-        assert!(header["sent_at"].is_string());
+        // Other header values are copied as raw text, which serde_json reads leniently (a lone
+        // surrogate escape passes), so only a header that was valid JSON must stay valid JSON.
+        if serde_json::from_slice::<serde_json::Value>(&body[..old_end]).is_ok() {
+            let header: serde_json::Value = serde_json::from_slice(&out[..new_end]).expect("the new header is JSON");
+            assert!(header["sent_at"].is_string());
+        }
+        assert!(!out[..new_end].contains(&b'\n'), "the new header is one line");
     }
     if let Ok(auth) = std::str::from_utf8(body) {
         if let Some(out) = shift_auth_timestamp(auth, elapsed) {
