@@ -64,6 +64,30 @@ http {
 CONF
 }
 
+# The baseline: nginx on core 0 as a TLS-originating reverse proxy on :13001 to the upstream's
+# :18444 (keep-alive pool of 64, certificate verified), as a user would set it up instead.
+start_proxy() {
+  mkdir -p "$work/proxy"
+  { nginx_head "$work/proxy" 01 warn; cat <<CONF
+  upstream sentry { server 127.0.0.1:18444; keepalive 64; }
+  server {
+    listen 127.0.0.1:13001 backlog=4096;
+    location / {
+      proxy_pass https://sentry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_trusted_certificate $work/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+CONF
+  } > "$work/proxy/nginx.conf"
+  "$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy"
+}
+
 # --- helpers -------------------------------------------------------------------------------------
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

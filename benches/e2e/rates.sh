@@ -54,25 +54,7 @@ CONF
 "$NGINX" -c "$work/up/nginx.conf" -p "$work/up"
 
 # --- baseline proxy on core 0 ----------------------------------------------------------------------
-mkdir -p "$work/proxy"
-{ nginx_head "$work/proxy" 01 warn; cat <<CONF
-  upstream sentry { server 127.0.0.1:18444; keepalive 64; }
-  server {
-    listen 127.0.0.1:13001 backlog=4096;
-    location / {
-      proxy_pass https://sentry;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_ssl_trusted_certificate $work/ca.pem;
-      proxy_ssl_verify on;
-      proxy_ssl_name 127.0.0.1;
-      proxy_ssl_session_reuse on;
-    }
-  }
-}
-CONF
-} > "$work/proxy/nginx.conf"
-"$NGINX" -c "$work/proxy/nginx.conf" -p "$work/proxy"
+start_proxy
 PROXY_MASTER=$(cat "$work/proxy/nginx.pid")
 PROXY=""
 for _ in $(seq 50); do PROXY=$(pgrep -P "$PROXY_MASTER" | head -1 || true); [ -n "$PROXY" ] && break; sleep 0.1; done
