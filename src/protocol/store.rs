@@ -57,7 +57,8 @@ pub fn decode(body: Bytes, limit: usize) -> Result<StoreEvent, StoreError> {
     } else {
         let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
         let zlib = base64::engine::general_purpose::STANDARD.decode(&compact).map_err(StoreError::NotBase64)?;
-        let mut out = Vec::with_capacity(zlib.len() * 3);
+        // A guess at the decoded size, never above what may be decoded at all.
+        let mut out = Vec::with_capacity(zlib.len().saturating_mul(3).min(limit));
         flate2::read::ZlibDecoder::new(&zlib[..])
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
