@@ -22,7 +22,7 @@
 //! |---|---|---|
 //! | [`protocol`] | the Sentry wire format: DSN and auth, envelopes, store bodies, endpoints, data categories, rate-limit headers, `sent_at` shifts; pure, no I/O, fuzzable | nothing |
 //! | [`clock`] | "now" in unix ms, a value so that timing tests run on tokio's paused clock | nothing |
-//! | [`sys`] | the few libc calls that need `unsafe` (statvfs, malloc tuning) | nothing |
+//! | [`sys`] | the few libc calls that need `unsafe` (statvfs, flock for the spool lock, malloc tuning) | nothing |
 //! | [`codec`] | one `Encoding`; decoding what SDKs send under a limit, compressing what goes upstream | nothing |
 //! | [`http`] | the accept loop, connection cap and drain; JSON, error and CORS answers | nothing |
 //! | [`routing`] | upstream URLs, per-project/per-key routes, the default target, the tunnel allow-list | `protocol` |
@@ -41,7 +41,8 @@
 //! # Threads
 //!
 //! The async runtime (one thread by default: ingest, dispatch, upstream), the spool's writer
-//! (every SQLite statement) and, with `durability = process`, its WAL flusher; plus two small
+//! (every SQLite statement) and, with `durability = process`, its WAL flusher (both asleep while
+//! nothing is written); plus two small
 //! housekeeping threads (metrics upkeep, and `malloc_trim` from [`sys::limit_malloc_arenas`]).
 //! Large bodies are compressed, and every inbound body is decoded, on tokio's blocking pool (a
 //! few decoders at a time), never on the async threads.
