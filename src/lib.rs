@@ -42,8 +42,8 @@
 //!
 //! The async runtime (one thread by default: ingest, dispatch, upstream), the spool's writer
 //! (every SQLite statement) and, with `durability = process`, its WAL flusher (both asleep while
-//! nothing is written); plus two small
-//! housekeeping threads (metrics upkeep, and `malloc_trim` from [`sys::limit_malloc_arenas`]).
+//! nothing is written); plus two small housekeeping threads (metrics upkeep, and `malloc_trim`
+//! from [`sys::limit_malloc_arenas`]).
 //! Large bodies are compressed, and every inbound body is decoded, on tokio's blocking pool (a
 //! few decoders at a time), never on the async threads.
 //!
