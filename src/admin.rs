@@ -65,6 +65,11 @@ impl Admin {
                 let hot = crate::telemetry::hot();
                 hot.spool_envelopes.set(self.spool.len() as f64);
                 hot.spool_bytes.set(self.spool.bytes() as f64);
+                let age_ms = self.spool.oldest_ms().map_or(0, |t| crate::clock::now_ms().saturating_sub(t));
+                metrics::gauge!(crate::telemetry::SPOOL_OLDEST_AGE).set(age_ms as f64 / 1000.0);
+                if let Some(rss) = resident_bytes() {
+                    metrics::gauge!(crate::telemetry::RESIDENT_MEMORY).set(rss as f64);
+                }
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut()
                     .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -97,6 +102,14 @@ impl Admin {
             Err(e) => response::json(StatusCode::SERVICE_UNAVAILABLE, body("not ready", Some(&e))),
         }
     }
+}
+
+/// The process's resident set size (`VmRSS` of `/proc/self/status`), where there is a `/proc`.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl Prefix for Admin {

@@ -35,7 +35,7 @@
 //! | [`capture`] | the local sink used when no upstream is configured | `spool` |
 //! | [`status`] | what `/readyz` shows of each upstream's circuit (open, why, since when), written by dispatch | nothing |
 //! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `status`, `telemetry`, `upstream` |
-//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `http`, `spool`, `status`, `telemetry` |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` | `clock`, `http`, `spool`, `status`, `telemetry` |
 //! | [`cli_tools`] | the binary's helpers: `check-config` (settings and their sources) and `send-test-event` (one event through a running sidecar, and its fate) | `config`, `protocol`, `telemetry` |
 //!
 //! # Threads

@@ -64,6 +64,10 @@ pub const IN_FLIGHT: &str = "sidecar_upstream_in_flight";
 pub const UPSTREAM_CONNECTIONS: &str = "sidecar_upstream_connections";
 /// Time from a request's headers to its answer, in seconds (the SDK's wait).
 pub const ACK_LATENCY: &str = "sidecar_ack_duration_seconds";
+/// Age in seconds of the oldest envelope in the spool (0 when empty), read at each scrape.
+pub const SPOOL_OLDEST_AGE: &str = "sidecar_spool_oldest_age_seconds";
+/// The process's resident memory in bytes, read at each scrape.
+pub const RESIDENT_MEMORY: &str = "sidecar_resident_memory_bytes";
 /// Always 1, with the running `version` as a label.
 pub const BUILD_INFO: &str = "sidecar_build_info";
 
@@ -126,6 +130,8 @@ pub const ALL: &[Metric] = &[
     m(IN_FLIGHT, Kind::Gauge, "Upstream requests in flight."),
     m(UPSTREAM_CONNECTIONS, Kind::Gauge, "Open upstream connections, by upstream (host:port)."),
     m(ACK_LATENCY, Kind::Histogram, "Time from a request's headers to the sidecar's answer, in seconds."),
+    m(SPOOL_OLDEST_AGE, Kind::Gauge, "Age in seconds of the oldest envelope in the spool (0 when empty), read at each scrape."),
+    m(RESIDENT_MEMORY, Kind::Gauge, "The process's resident memory (RSS) in bytes, read at each scrape."),
     m(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which build runs."),
 ];
 
@@ -225,7 +231,7 @@ fn register() {
         }
     }
     counter!(UPSTREAM_BYTES).absolute(0);
-    for g in [SPOOL_ENVELOPES, SPOOL_BYTES, SPOOL_DISK_BYTES, IN_FLIGHT] {
+    for g in [SPOOL_ENVELOPES, SPOOL_BYTES, SPOOL_DISK_BYTES, SPOOL_OLDEST_AGE, RESIDENT_MEMORY, IN_FLIGHT] {
         gauge!(g).set(0.0);
     }
     let _ = histogram!(ACK_LATENCY);

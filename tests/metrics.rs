@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use sentry_sidecar::telemetry::{Kind, ALL, BUILD_INFO, CIRCUIT_OPEN, UPSTREAM_CONNECTIONS};
+use sentry_sidecar::telemetry::{
+    Kind, ALL, BUILD_INFO, CIRCUIT_OPEN, RESIDENT_MEMORY, SPOOL_OLDEST_AGE, UPSTREAM_CONNECTIONS,
+};
 
 #[tokio::test]
 async fn every_metric_has_help_and_a_series_before_the_first_request() {
@@ -43,5 +45,13 @@ async fn every_metric_has_help_and_a_series_before_the_first_request() {
     ] {
         assert!(text.lines().any(|l| l == series), "{series} missing");
     }
+    // One envelope waits (the upstream is down): the oldest's age grows; RSS is read at scrape.
+    let f = load_fixture("02_sdk_error_gzip");
+    assert_eq!(raw(sidecar.local_addr(), &f.wire(sidecar.local_addr())).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = metrics_text(sidecar.local_addr()).await;
+    let age = metric_value(&text, &format!("{SPOOL_OLDEST_AGE} "));
+    assert!((0.1..60.0).contains(&age), "oldest age {age}");
+    assert!(metric_value(&text, &format!("{RESIDENT_MEMORY} ")) > 1e6, "RSS");
     sidecar.shutdown().await;
 }

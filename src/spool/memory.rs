@@ -60,6 +60,11 @@ impl MemorySpool {
 }
 
 impl Spool for MemorySpool {
+    fn oldest_ms(&self) -> Option<u64> {
+        // A scan, at a scrape: the memory tier is small (bounded by `memory_spool_bytes`).
+        self.lock().records.values().map(|s| s.record.received_ms).min()
+    }
+
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
         {
             let mut g = self.lock();

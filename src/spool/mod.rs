@@ -89,6 +89,11 @@ pub trait Spool: Send + Sync + 'static {
     /// Whether appends can succeed right now (for /readyz).
     fn writable(&self) -> Result<(), String>;
 
+    /// When the oldest record waiting or leased was accepted (unix ms), if any.
+    fn oldest_ms(&self) -> Option<u64> {
+        None
+    }
+
     /// Bytes the spool's files take on disk now, if it has any.
     fn disk_bytes(&self) -> Option<u64> {
         None

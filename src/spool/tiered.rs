@@ -116,6 +116,13 @@ impl Spool for TieredSpool {
         self.disk.disk_bytes()
     }
 
+    fn oldest_ms(&self) -> Option<u64> {
+        match (self.mem.oldest_ms(), self.disk.oldest_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let left = self.mem.take_all();

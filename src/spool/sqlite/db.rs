@@ -174,5 +174,13 @@ impl Db {
         shared.len.store(self.len, Ordering::Release);
         shared.bytes.store(self.bytes, Ordering::Release);
         shared.next_due.store(self.next_due, Ordering::Release);
+        // Rows are appended in the order they are accepted, so the lowest id is the oldest: one
+        // seek on the primary key, not a scan.
+        let oldest = self
+            .conn
+            .prepare_cached("SELECT received_ms FROM envelopes ORDER BY id LIMIT 1")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            .map_or(0, |ms| ms.max(1) as u64);
+        shared.oldest.store(oldest, Ordering::Release);
     }
 }

@@ -77,6 +77,8 @@ struct Shared {
     len: AtomicU64,
     bytes: AtomicU64,
     next_due: AtomicU64,
+    /// `received_ms` of the oldest row (0: none).
+    oldest: AtomicU64,
     /// The last failed write, for readiness.
     error: Mutex<Option<String>>,
 }
@@ -190,6 +192,11 @@ impl Spool for SqliteSpool {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    fn oldest_ms(&self) -> Option<u64> {
+        let o = self.shared.oldest.load(Ordering::Acquire);
+        (o != 0).then_some(o)
     }
 
     fn disk_bytes(&self) -> Option<u64> {
