@@ -19,10 +19,22 @@ pub const SMALL_BYTES: usize = 256 * 1024;
 /// The part of the budget kept for small requests: a sixth (8 MiB of the default 48 MiB).
 const RESERVE_SHARE: usize = 6;
 
-/// No budget for the bytes within the wait: the sidecar is overloaded.
+/// No budget for the bytes: within the wait (the sidecar is overloaded; a retry may pass), or
+/// ever (the body alone needs more than the budget: retrying cannot help).
 #[derive(Debug, thiserror::Error)]
-#[error("the sidecar has {0} bytes of request bodies in memory already; retry later")]
-pub struct Overloaded(pub usize);
+pub enum Overloaded {
+    /// The budget stayed used up for the whole wait.
+    #[error("the sidecar has {0} bytes of request bodies in memory already; retry later")]
+    Busy(usize),
+    /// More than the part of the budget this request may ever draw from.
+    #[error("the body needs {need} bytes in memory, more than the in-flight budget allows one request ({room} bytes; --max-inflight-bytes)")]
+    NeverFits {
+        /// Bytes the request needs.
+        need: usize,
+        /// The most it could ever get.
+        room: usize,
+    },
+}
 
 /// The shared budget of request bytes in memory.
 #[derive(Debug)]
@@ -91,7 +103,8 @@ impl Budget {
         }
         // More than the shared part could ever give: waiting would not help.
         let fits = n <= self.shared_total || small && n <= self.total - self.shared_total;
-        let permits = u32::try_from(n).ok().filter(|_| fits).ok_or_else(|| Overloaded(self.in_use()))?;
+        let room = self.shared_total;
+        let permits = u32::try_from(n).ok().filter(|_| fits).ok_or(Overloaded::NeverFits { need: n, room })?;
         if let Ok(p) = self.shared.clone().try_acquire_many_owned(permits) {
             Hold::add(&mut hold.shared, p);
         } else if let Some(p) = small.then(|| self.reserve.clone().try_acquire_many_owned(permits).ok()).flatten() {
@@ -116,7 +129,7 @@ impl Budget {
             match got {
                 Ok(Ok((true, p))) => Hold::add(&mut hold.shared, p),
                 Ok(Ok((false, p))) => Hold::add(&mut hold.reserve, p),
-                _ => return Err(Overloaded(self.in_use())),
+                _ => return Err(Overloaded::Busy(self.in_use())),
             }
         }
         hold.bytes += n;
@@ -151,6 +164,22 @@ mod tests {
         budget.take(&mut other, 500, false).await.unwrap();
         drop((other, small));
         assert_eq!(budget.in_use(), 0);
+    }
+
+    /// A body larger than the budget could ever hold is refused at once, as never fitting (the
+    /// client gets a 413, not a 503 it would retry forever); one that fits but finds the budget
+    /// used up is refused after the wait, as busy.
+    #[tokio::test(start_paused = true)]
+    async fn what_can_never_fit_is_refused_at_once_and_told_apart_from_busy() {
+        let budget = Budget::new(600, WAIT);
+        let mut h = Hold::default();
+        let started = tokio::time::Instant::now();
+        let err = budget.take(&mut h, 501, false).await.unwrap_err();
+        assert!(matches!(err, Overloaded::NeverFits { need: 501, room: 500 }), "{err}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        budget.take(&mut h, 500, false).await.unwrap();
+        let mut other = Hold::default();
+        assert!(matches!(budget.take(&mut other, 10, false).await, Err(Overloaded::Busy(500))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -41,7 +41,7 @@ use crate::routing::{Routes, Target};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::telemetry as t;
 use body::{BodyError, Pace};
-use budget::{Budget, Hold};
+use budget::{Budget, Hold, Overloaded};
 
 /// `Retry-After` of a request refused for want of memory budget: in-flight bodies finish in
 /// seconds, so a retry soon is likely to get through.
@@ -87,7 +87,9 @@ impl From<BodyError> for Refusal {
             BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding"),
             BodyError::Corrupt(..) => (StatusCode::BAD_REQUEST, "corrupt_body"),
-            BodyError::Overloaded(_) => {
+            // Waiting cannot make room for it: a 413, so the SDK does not retry it forever.
+            BodyError::Overloaded(Overloaded::NeverFits { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyError::Overloaded(Overloaded::Busy(_)) => {
                 return Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
                     .with_header("retry-after", OVERLOADED_RETRY_AFTER.to_owned());
             }
