@@ -261,7 +261,11 @@ async def keep_alive(port, idle_max):
         except ConnectionResetError:
             outcome = f"{status}, then reset"
         return outcome, time.monotonic() - t1, {}
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+    except asyncio.IncompleteReadError:
+        return "closed", time.monotonic() - t0, {}
+    except ConnectionResetError:
+        return "reset", time.monotonic() - t0, {}
+    except (OSError, asyncio.TimeoutError, ValueError):
         return "no answer", time.monotonic() - t0, {}
     finally:
         writer.close()
@@ -373,17 +377,42 @@ async def flood(name, port, args):
 
 
 def summarise(groups):
+    """Per group, each outcome's count and when it came (p50, and max if later)."""
     parts = []
     for group, res in groups.items():
-        counts = collections.Counter(o for o, _, _ in res)
-        secs = sorted(s for _, s, _ in res)
-        text = ", ".join(f"{k} x{v}" for k, v in counts.most_common())
-        text += f" (after p50 {statistics.median(secs):.1f} s, max {secs[-1]:.1f} s)"
+        by = collections.defaultdict(list)
+        for outcome, secs, _ in res:
+            by[outcome].append(secs)
+        items = []
+        for outcome, secs in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            p50, top = statistics.median(secs), max(secs)
+            when = f"{p50:.1f} s" + (f", max {top:.1f} s" if top - p50 >= 0.1 else "")
+            items.append(f"{outcome} x{len(secs)} ({when})")
+        text = ", ".join(items)
         tries = [i["tries"] for _, _, i in res if "tries" in i]
         if tries:
             text += f"; tries p50 {statistics.median(tries):g}, max {max(tries)}"
         parts.append(f"{group}: {text}" if group else text)
     return "; ".join(parts)
+
+
+async def refusals(port):
+    """The sidecar's own count of what it refused, by reason, from /metrics."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
+        writer.write(head("GET", "/metrics", [("Connection", "close")]))
+        await writer.drain()
+        text = (await asyncio.wait_for(reader.read(), 5)).decode("latin-1")
+        writer.close()
+    except (OSError, asyncio.TimeoutError):
+        return "?"
+    by_reason = collections.Counter()
+    for line in text.splitlines():
+        if line.startswith("sidecar_rejected_total{"):
+            name, _, value = line.rpartition(" ")
+            reason = name.split('reason="', 1)[-1].split('"', 1)[0]
+            by_reason[reason] += float(value)
+    return ", ".join(f"{k} {v:g}" for k, v in by_reason.most_common() if v) or "none"
 
 
 async def run_main(args):
@@ -398,7 +427,8 @@ async def run_main(args):
     out, _ = await asyncio.wait_for(prober.communicate(), 30)
     probe = json.loads(out)
     print(json.dumps({"flood": args.flood, "label": label, "seconds": round(took, 1),
-                      "clients": summarise(groups), **probe}), flush=True)
+                      "clients": summarise(groups), "refused": await refusals(args.port),
+                      **probe}), flush=True)
 
 
 async def wait_main(port):
@@ -425,15 +455,16 @@ def table(path):
                 f"{p['slow'] - p['failed']} slow of {p['sent']}")
 
     print("| flood | peak RSS (VmHWM) | small envelope p50 / max; failed, > 2 s | "
-          "`/healthz` p50 / max; failed, > 2 s | what the flood clients got |")
-    print("|---|---|---|---|---|")
+          "`/healthz` p50 / max; failed, > 2 s | what the flood clients got (when) | "
+          "`sidecar_rejected_total` |")
+    print("|---|---|---|---|---|---|")
     with open(path) as f:
         for line in f:
             r = json.loads(line)
             peak = r["peak"]
             rss = mib(peak["VmHWM"]) + (" (died)" if peak.get("died") else "")
             print(f"| {r['label']} ({r['seconds']} s) | {rss} | {probe(r['envelope'])} | "
-                  f"{probe(r['healthz'])} | {r['clients']} |")
+                  f"{probe(r['healthz'])} | {r['clients']} | {r.get('refused', '?')} |")
 
 
 def main():
