@@ -51,7 +51,7 @@ trap cleanup EXIT
 # A client per connection: 2,200 sockets at once in flood.py alone.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# --- the zstd bomb ---------------------------------------------------------------------------------
+# --- the zstd bomb -------------------------------------------------------------------------
 zstd_args=()
 if [[ " $FLOODS " == *" zstd "* ]]; then
   if command -v zstd >/dev/null; then
@@ -73,7 +73,8 @@ PY
 fi
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 stop_sidecar() {
