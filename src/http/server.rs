@@ -81,6 +81,10 @@ struct ConnState {
     id: u64,
     /// A request is being handled (its headers are in, the answer is not).
     busy: AtomicBool,
+    /// At least one request was answered: only such a connection is idle keep-alive and may be
+    /// closed to make room. A new one whose first request is not read yet is not idle: evicting
+    /// it would let every newcomer at the cap close the one before it, and none be answered.
+    served: AtomicBool,
     /// When the connection last became idle, in ms since the loop started.
     idle_since_ms: AtomicU64,
     /// Its slot of the cap; taken away (and given to a newcomer) when it is evicted.
@@ -99,6 +103,7 @@ struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.state.idle_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.state.served.store(true, Ordering::Release);
         self.state.busy.store(false, Ordering::Release);
     }
 }
@@ -131,7 +136,8 @@ impl Registry {
     /// Takes the slot of the connection idle the longest and tells it to close.
     fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
         let conns = self.conns.lock().ok()?;
-        let mut idle: Vec<&Arc<ConnState>> = conns.iter().filter(|s| !s.busy.load(Ordering::Acquire)).collect();
+        let mut idle: Vec<&Arc<ConnState>> =
+            conns.iter().filter(|s| s.served.load(Ordering::Acquire) && !s.busy.load(Ordering::Acquire)).collect();
         idle.sort_by_key(|s| s.idle_since_ms.load(Ordering::Relaxed));
         for s in idle {
             let taken = s.permit.lock().ok().and_then(|mut p| p.take());
@@ -182,6 +188,7 @@ pub async fn serve<H: Handler>(
         let state = Arc::new(ConnState {
             id: next_id,
             busy: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             permit: Mutex::new(Some(permit)),
             close: Notify::new(),
@@ -298,6 +305,7 @@ fn overloaded<H: Handler>(
             let state = ConnState {
                 id: 0,
                 busy: AtomicBool::new(false),
+                served: AtomicBool::new(false),
                 idle_since_ms: AtomicU64::new(0),
                 permit: Mutex::new(None),
                 close: Notify::new(),
@@ -411,19 +419,24 @@ mod tests {
 
     #[test]
     fn eviction_takes_the_oldest_idle_slot() {
-        let sem = Arc::new(Semaphore::new(3));
+        let sem = Arc::new(Semaphore::new(4));
         let reg = Registry::default();
         let mk = |id, busy, since| {
             Arc::new(ConnState {
                 id,
                 busy: AtomicBool::new(busy),
+                served: AtomicBool::new(true),
                 idle_since_ms: AtomicU64::new(since),
                 permit: Mutex::new(sem.clone().try_acquire_owned().ok()),
                 close: Notify::new(),
             })
         };
         let (a, b, c) = (mk(1, false, 50), mk(2, true, 0), mk(3, false, 10));
-        for s in [&a, &b, &c] {
+        // A new connection, its first request not read yet: not idle keep-alive, never evicted
+        // (though it has waited longest).
+        let fresh = mk(4, false, 0);
+        fresh.served.store(false, Ordering::Release);
+        for s in [&a, &b, &c, &fresh] {
             reg.add(s.clone());
         }
         assert!(reg.evict_oldest_idle().is_some());
@@ -431,6 +444,7 @@ mod tests {
         assert!(b.permit.lock().unwrap().is_some(), "a busy one never is");
         assert!(reg.evict_oldest_idle().is_some());
         assert!(a.permit.lock().unwrap().is_none());
-        assert!(reg.evict_oldest_idle().is_none(), "only a busy one is left");
+        assert!(reg.evict_oldest_idle().is_none(), "only a busy one and a new one are left");
+        assert!(fresh.permit.lock().unwrap().is_some(), "a new connection keeps its slot");
     }
 }
