@@ -21,8 +21,10 @@
 //! On shutdown nothing new starts: a delivery that has not reached the transport yet puts its
 //! record back, and only the requests already in flight get the shutdown timeout.
 //!
-//! This file holds the loop and the side effects (spool, metrics, logs, the rate-limit table);
-//! the decisions live beside it, free of that state, so they are tested without a network or a
+//! This file holds the loop and the side effects (spool, metrics, logs, the rate-limit table),
+//! with `upstream_state` (one upstream's slots, circuit and gates behind their locks), `verdict`
+//! (what an answer counts, logs and means) and `settings` (dispatch's part of the configuration)
+//! beside it; the decisions live in files of their own, free of that state, so they are tested without a network or a
 //! clock:
 //! `circuit` (when to stop and probe), `expiry` (the probe at the end of a rate limit), `width`
 //! (the slots), `pacer` (the drain's token bucket), `decide` (what a delivery asks of the spool),
@@ -38,8 +40,10 @@ mod expiry;
 mod pacer;
 mod quiet;
 mod request;
+mod settings;
 mod story;
 mod upstream_state;
+mod verdict;
 mod width;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +57,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use backoff::backoff;
+pub use settings::DispatchConfig;
 
 use self::circuit::{Admit, Change, Circuit, Timing};
 use self::decide::{decide, Policy, Settle, Verdict};
@@ -65,8 +70,6 @@ use self::upstream_state::UpstreamState;
 use self::width::Width;
 use crate::capture::Capture;
 use crate::clock::Clock;
-use crate::codec::Encoding;
-use crate::config::{Config, RateLimitPolicy};
 use crate::limits::{RateLimits, Scoping};
 use crate::protocol::Endpoint;
 use crate::routing::{Routes, Target, UpstreamUrl};
@@ -75,82 +78,6 @@ use crate::spool::{Queued, Record, Reschedule, Spool};
 use crate::status::UpstreamStatus;
 use crate::telemetry as t;
 use crate::upstream::{Attempt, Failure, Outcome, UpstreamClient};
-
-/// Dispatch settings, taken from [`Config`].
-#[derive(Debug, Clone)]
-pub struct DispatchConfig {
-    /// Records leased per spool read.
-    pub batch_size: usize,
-    /// Deliveries in flight across all upstreams.
-    pub max_in_flight: usize,
-    /// Streams per HTTP/2 upstream.
-    pub h2_concurrency: usize,
-    /// Most connections per HTTP/1.1 upstream.
-    pub h1_connections: usize,
-    /// First retry delay.
-    pub retry_initial: Duration,
-    /// Longest retry delay of one envelope.
-    pub retry_max: Duration,
-    /// How long shutdown waits for in-flight deliveries.
-    pub shutdown_timeout: Duration,
-    /// What rate-limited records do.
-    pub rate_limit_policy: RateLimitPolicy,
-    /// Longest hold for a rate limit.
-    pub max_hold: Duration,
-    /// Envelopes per second while draining a backlog (0 = unpaced).
-    pub drain_rate: u32,
-    /// Transient failures for this long open the circuit.
-    pub circuit_grace: Duration,
-    /// This many transient failures in a row open the circuit.
-    pub circuit_failures: usize,
-    /// Longest wait between two probes of an open circuit.
-    pub probe_max_interval: Duration,
-    /// Outbound compression.
-    pub compression: Encoding,
-    /// The gzip level.
-    pub gzip_level: u32,
-}
-
-impl DispatchConfig {
-    /// Derives dispatch settings from the configuration.
-    pub fn from_config(c: &Config) -> DispatchConfig {
-        DispatchConfig {
-            batch_size: c.batch_size,
-            max_in_flight: c.h2_concurrency.max(c.h1_connections).max(1) * 2,
-            h2_concurrency: c.h2_concurrency,
-            h1_connections: c.h1_connections,
-            retry_initial: c.retry_initial,
-            retry_max: c.retry_max,
-            shutdown_timeout: c.shutdown_timeout,
-            rate_limit_policy: c.rate_limit_policy,
-            max_hold: c.max_hold,
-            drain_rate: c.drain_rate,
-            circuit_grace: c.circuit_grace,
-            circuit_failures: c.circuit_failures,
-            probe_max_interval: c.probe_max_interval,
-            compression: c.compression,
-            gzip_level: c.gzip_level,
-        }
-    }
-
-    fn timing(&self) -> Timing {
-        Timing {
-            failures: u32::try_from(self.circuit_failures).unwrap_or(u32::MAX),
-            grace: self.circuit_grace,
-            retry_initial: self.retry_initial,
-            probe_max: self.probe_max_interval,
-        }
-    }
-
-    fn policy(&self) -> Policy {
-        Policy {
-            rate_limit: self.rate_limit_policy,
-            max_hold: self.max_hold,
-            retry_initial: self.retry_initial,
-            retry_max: self.retry_max,
-        }
-    }
-}
 
 /// A duration in milliseconds, saturating far below `u64::MAX` so that `now + ms(d)` cannot overflow.
 fn ms(d: Duration) -> u64 {
@@ -577,75 +504,6 @@ impl Dispatcher {
         hot.upstream_latency.record(started.elapsed().as_secs_f64());
         hot.upstream_bytes.increment(attempt.sent_bytes as u64);
         attempt
-    }
-
-    /// Counts and logs the upstream's answer, applies the rate limits it announced, and says what
-    /// it means for the record.
-    fn verdict(&self, state: &UpstreamState, outcome: Outcome, scoping: Scoping<'_>, q: &Queued, now: u64) -> Verdict {
-        let rec = &q.record;
-        let upstream = scoping.upstream.as_str();
-        match outcome {
-            Outcome::Delivered { limits } => {
-                let hot = t::hot();
-                hot.attempts_2xx.increment(1);
-                hot.delivered.increment(1);
-                self.limits.apply(scoping, &limits, now);
-                Verdict::Delivered
-            }
-            Outcome::Rejected { status, detail, limits } => {
-                counter!(t::UPSTREAM_ATTEMPTS, "result" => "4xx").increment(1);
-                counter!(t::FORWARDED, "outcome" => "rejected").increment(1);
-                self.limits.apply(scoping, &limits, now);
-                for c in rec.categories.iter() {
-                    counter!(t::DROPPED, "reason" => "upstream_rejected", "category" => c.name()).increment(1);
-                }
-                tracing::warn!(
-                    status,
-                    detail = detail.as_deref().unwrap_or("-"),
-                    project = rec.project_id,
-                    event_id = rec.event_id.as_deref().unwrap_or("-"),
-                    upstream,
-                    "upstream rejected the envelope for good; dropped"
-                );
-                Verdict::Rejected
-            }
-            Outcome::RateLimited { retry_after, limits } => {
-                counter!(t::UPSTREAM_ATTEMPTS, "result" => "429").increment(1);
-                if limits.is_empty() {
-                    self.limits.apply_all(scoping, now + ms(retry_after));
-                } else {
-                    self.limits.apply(scoping, &limits, now);
-                }
-                let until = self.limits.blocked_until(scoping, rec.categories, now).unwrap_or(now + ms(retry_after));
-                if let Some(answers) = lock(&state.limited_log).hit(now) {
-                    tracing::info!(
-                        upstream,
-                        retry_after_ms = until.saturating_sub(now),
-                        answers,
-                        "rate limited by the upstream (429 answers since the last line)"
-                    );
-                }
-                Verdict::UpstreamLimited { until }
-            }
-            Outcome::Refused { reason } => {
-                counter!(t::UPSTREAM_ATTEMPTS, "result" => "refused").increment(1);
-                tracing::debug!(reason, upstream, attempts = q.attempts, "upstream did not process it");
-                Verdict::Refused
-            }
-            Outcome::Transient { failure, reason } => {
-                let label = if matches!(failure, Failure::Http5xx | Failure::Http408) { "5xx" } else { "error" };
-                counter!(t::UPSTREAM_ATTEMPTS, "result" => label).increment(1);
-                counter!(t::UPSTREAM_FAILURES, "reason" => failure.label()).increment(1);
-                tracing::debug!(
-                    reason = failure.label(),
-                    detail = reason,
-                    upstream,
-                    attempts = q.attempts,
-                    "transient upstream failure"
-                );
-                Verdict::Failed
-            }
-        }
     }
 
     /// Sends held records again at once (but `own`, which settles itself); after an outage

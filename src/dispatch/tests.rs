@@ -1,6 +1,8 @@
 //! The dispatcher as a whole on tokio's paused clock, over a memory spool.
 
 use super::*;
+use crate::codec::Encoding;
+use crate::config::{Config, RateLimitPolicy};
 use crate::protocol::DataCategory;
 use crate::spool::MemorySpool;
 

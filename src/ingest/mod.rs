@@ -16,6 +16,7 @@
 pub mod body;
 pub mod budget;
 mod forward;
+mod refusal;
 pub mod route;
 
 pub use forward::{Answer, Forward, ForwardError, Forwarding, Passthrough};
@@ -36,16 +37,13 @@ use crate::codec::{self, DecodePool, Encoding};
 use crate::config::Config;
 use crate::http::{response, Handler};
 use crate::limits::{RateLimits, Scoping};
-use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Endpoint, Envelope, EnvelopeError};
+use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Endpoint, Envelope};
 use crate::routing::{Routes, Target};
-use crate::spool::{Record, Spool, SpoolError};
+use crate::spool::{Record, Spool};
 use crate::telemetry as t;
-use body::{BodyError, Pace};
-use budget::{Budget, Hold, Overloaded};
-
-/// `Retry-After` of a request refused for want of memory budget: in-flight bodies finish in
-/// seconds, so a retry soon is likely to get through.
-const OVERLOADED_RETRY_AFTER: &str = "2";
+use body::Pace;
+use budget::{Budget, Hold};
+pub use refusal::Refusal;
 
 /// How long a request waits for memory budget before it is refused as overloaded.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
@@ -57,100 +55,6 @@ const MAX_STORE_EVENT: usize = 1024 * 1024;
 /// Content-Encoding, hop-by-hop headers) is the sidecar's own business.
 const KEEP_HEADERS: &[&str] =
     &["x-sentry-auth", "authorization", "content-type", "user-agent", "origin", "referer", "x-forwarded-for"];
-
-/// A refused request: status, a reason label for metrics, and the detail for the SDK.
-#[derive(Debug, thiserror::Error)]
-#[error("{detail}")]
-pub struct Refusal {
-    status: StatusCode,
-    reason: &'static str,
-    detail: String,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal { status, reason, detail: detail.into(), headers: Vec::new() }
-    }
-
-    fn with_header(mut self, name: &'static str, value: String) -> Refusal {
-        self.headers.push((name, value));
-        self
-    }
-}
-
-impl From<BodyError> for Refusal {
-    fn from(e: BodyError) -> Refusal {
-        let (status, reason) = match &e {
-            BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            BodyError::Read(_) => (StatusCode::BAD_REQUEST, "body_read"),
-            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            BodyError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "encoding"),
-            BodyError::Corrupt(..) => (StatusCode::BAD_REQUEST, "corrupt_body"),
-            // Waiting cannot make room for it: a 413, so the SDK does not retry it forever.
-            BodyError::Overloaded(Overloaded::NeverFits { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            BodyError::Overloaded(Overloaded::Busy(_)) => {
-                return Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
-                    .with_header("retry-after", OVERLOADED_RETRY_AFTER.to_owned());
-            }
-        };
-        Refusal::new(status, reason, e.to_string())
-    }
-}
-
-impl From<EnvelopeError> for Refusal {
-    fn from(e: EnvelopeError) -> Refusal {
-        if e.is_too_large() {
-            Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-        } else {
-            Refusal::new(StatusCode::BAD_REQUEST, "invalid_envelope", e.to_string())
-        }
-    }
-}
-
-impl From<AuthError> for Refusal {
-    fn from(e: AuthError) -> Refusal {
-        match e {
-            AuthError::UnsupportedVersion(_) => Refusal::new(StatusCode::BAD_REQUEST, "auth", e.to_string()),
-            AuthError::InvalidKey => Refusal::new(StatusCode::UNAUTHORIZED, "invalid_key", e.to_string()),
-            AuthError::Conflict(..) => Refusal::new(StatusCode::UNAUTHORIZED, "auth_conflict", e.to_string()),
-            _ => Refusal::new(StatusCode::UNAUTHORIZED, "auth", e.to_string()),
-        }
-    }
-}
-
-impl From<ForwardError> for Refusal {
-    fn from(e: ForwardError) -> Refusal {
-        match e {
-            ForwardError::Timeout => Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", e.to_string()),
-            ForwardError::Unreachable(_) => {
-                Refusal::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", e.to_string())
-            }
-        }
-    }
-}
-
-impl From<SpoolError> for Refusal {
-    fn from(e: SpoolError) -> Refusal {
-        match e {
-            SpoolError::DiskFull => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "disk_full",
-                "cannot queue the event now: the sidecar's disk is nearly full",
-            )
-            .with_header("retry-after", "10".to_owned()),
-            SpoolError::Full => {
-                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool_full", "the sidecar's spool is full; retry later")
-                    .with_header("retry-after", "60".to_owned())
-            }
-            e => {
-                tracing::error!(error = %e, "spool append failed; answering 503");
-                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "spool", format!("cannot queue the event now: {e}"))
-                    .with_header("retry-after", "10".to_owned())
-            }
-        }
-    }
-}
 
 /// The ingest handler's state.
 pub struct Ingest {
