@@ -31,8 +31,18 @@ fn wait_ready(addr: SocketAddr, child: &mut Child) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("sidecar exited early: {status}");
         }
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
+        // Ready means answering, not only listening: the kernel accepts connections as soon as
+        // the socket is bound, before the process has installed its SIGTERM handler.
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut answer = String::new();
+            if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n").is_ok()
+                && s.read_to_string(&mut answer).is_ok()
+                && answer.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -319,8 +329,9 @@ fn send_test_event_through_a_capturing_sidecar() {
     wait_ready(addr, &mut child);
     let (code, text) = send_test_event(addr, &[]);
     sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
     assert_eq!(code, Some(0), "{text}");
+    assert!(status.success(), "the sidecar exited with {status}; the tool said: {text}");
     assert!(text.contains("accepted: event "), "{text}");
     assert!(text.contains("captured") && text.contains("capture.jsonl"), "{text}");
     let id = text.split("event ").nth(1).unwrap().split_whitespace().next().unwrap();
