@@ -7,9 +7,10 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,32 +25,10 @@ const LARGE: usize = 19 * 1024 * 1024;
 const MIB_128: u64 = 128 * 1024;
 
 fn spawn(spool: &Path, listen: SocketAddr, extra: &[&str]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sentry-sidecar"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SENTRY_SIDECAR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["--listen", &listen.to_string()])
-        .arg("--spool-dir")
-        .arg(spool)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "sidecar exited early");
-        if std::net::TcpStream::connect(listen).is_ok() {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "sidecar did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    let mut args: Vec<OsString> =
+        vec!["--listen".into(), listen.to_string().into(), "--spool-dir".into(), spool.into()];
+    args.extend(extra.iter().map(OsString::from));
+    spawn_binary(listen, &args)
 }
 
 /// A `/proc/<pid>/status` value in kB (`VmRSS`, `VmHWM`).

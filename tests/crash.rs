@@ -5,44 +5,29 @@
 mod common;
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use common::*;
 
 fn spawn(spool: &Path, listen: SocketAddr, upstream_port: u16, pki: &Pki, extra: &[&str]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sentry-sidecar"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SENTRY_SIDECAR_") {
-            cmd.env_remove(k);
-        }
+    let mut args: Vec<OsString> = vec![
+        "--listen".into(),
+        listen.to_string().into(),
+        "--upstream".into(),
+        format!("https://127.0.0.1:{upstream_port}").into(),
+        "--ca-file".into(),
+        pki.ca_file.clone().into(),
+        "--spool-dir".into(),
+        spool.into(),
+    ];
+    for a in ["--retry-initial", "100ms", "--retry-max", "500ms", "--circuit-grace", "1s"].iter().chain(extra) {
+        args.push(a.into());
     }
-    cmd.args(["--listen", &listen.to_string()])
-        .args(["--upstream", &format!("https://127.0.0.1:{upstream_port}")])
-        .arg("--ca-file")
-        .arg(&pki.ca_file)
-        .arg("--spool-dir")
-        .arg(spool)
-        .args(["--retry-initial", "100ms", "--retry-max", "500ms", "--circuit-grace", "1s"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "sidecar exited early");
-        if std::net::TcpStream::connect(listen).is_ok() {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "sidecar did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    spawn_binary(listen, &args)
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -594,3 +594,30 @@ pub fn noise(seed: u64, len: usize) -> String {
         })
         .collect()
 }
+
+/// Starts the real binary with `args` (no `SENTRY_SIDECAR_*` from the environment, output
+/// discarded) and returns once it accepts connections on `listen`.
+pub fn spawn_binary(listen: SocketAddr, args: &[std::ffi::OsString]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sentry-sidecar"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SENTRY_SIDECAR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "sidecar exited early");
+        if std::net::TcpStream::connect(listen).is_ok() {
+            return child;
+        }
+        assert!(std::time::Instant::now() < deadline, "sidecar did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback address nothing listens on (yet).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
