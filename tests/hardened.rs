@@ -129,6 +129,29 @@ async fn stalled_headers_and_idle_keep_alive_are_closed() {
     sidecar.shutdown().await;
 }
 
+/// The header limit is not the keep-alive limit: an idle connection lives for `keep_alive_timeout`
+/// even when that is longer than `header_read_timeout` (hyper's header timer alone closed it at
+/// the header limit), while a stalled head on another connection is still closed at its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_lasts_its_own_limit_while_stalled_headers_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quick(dir.path());
+    cfg.keep_alive_timeout = Duration::from_secs(4);
+    let sidecar = start(cfg).await;
+    let addr = sidecar.local_addr();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let (_, body) = error_envelope("keep-alive");
+    assert_eq!(keep_alive_request(&mut idle, "/api/42/envelope/", &body).await.status, 200);
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"POST /api/42/envelope/ HTTP/1.1\r\nHost: x\r\nX-Sentry-").await.unwrap();
+    assert!(closed_within(&mut half, 3).await, "a stalled head is closed at the header limit");
+    // Past twice the header limit the idle connection is open and still serves.
+    assert!(!closed_within(&mut idle, 1).await, "closed before the keep-alive limit");
+    assert_eq!(keep_alive_request(&mut idle, "/api/42/envelope/", &body).await.status, 200);
+    assert!(closed_within(&mut idle, 8).await, "an idle keep-alive connection is closed");
+    sidecar.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_cap_idle_connections_make_room_then_newcomers_get_503_and_healthz_is_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! [`Layered`] puts the admin endpoints in front of ingest when they share a listener, so that
 //! neither module needs to know the other.
 
+mod phase;
 pub mod response;
 mod server;
 

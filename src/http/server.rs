@@ -27,6 +27,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::phase::{self, Due, Phase, Watched};
+
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request from `peer`.
@@ -87,6 +89,8 @@ struct ConnState {
     served: AtomicBool,
     /// When the connection last became idle, in ms since the loop started.
     idle_since_ms: AtomicU64,
+    /// When the request head being read began, in ms since the loop started plus one (0: none).
+    head_since_ms: AtomicU64,
     /// Its slot of the cap; taken away (and given to a newcomer) when it is evicted.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// Tells the connection to close once it is idle.
@@ -190,6 +194,8 @@ pub async fn serve<H: Handler>(
             busy: AtomicBool::new(false),
             served: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            // Until its first byte, a new connection is under the header limit.
+            head_since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64 + 1),
             permit: Mutex::new(Some(permit)),
             close: Notify::new(),
         });
@@ -230,15 +236,19 @@ async fn connection<H: Handler>(
     mut closing: watch::Receiver<bool>,
     keep_alive: bool,
 ) {
+    // The header limit is kept here, not by hyper, whose header timer also runs through the
+    // keep-alive wait (see `phase`).
+    let io = Watched { inner: stream, busy: &state.busy, head_since: &state.head_since_ms, epoch };
     let conn = http1::Builder::new()
         .keep_alive(keep_alive)
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        .header_read_timeout(None)
         .serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(io),
             service_fn(|req| {
                 let h = handler.clone();
                 state.busy.store(true, Ordering::Release);
+                state.head_since_ms.store(0, Ordering::Relaxed);
                 let guard = Busy { state, epoch };
                 async move {
                     let resp = h.handle(req, peer).await;
@@ -249,10 +259,12 @@ async fn connection<H: Handler>(
         );
     let mut conn = pin!(conn);
     let mut graceful = false;
-    let idle_check = Duration::from_millis(250).min(opts.keep_alive_timeout);
-    let keep_alive_ms = opts.keep_alive_timeout.as_millis() as u64;
-    let mut tick = tokio::time::interval(idle_check);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (header_ms, keep_alive_ms) =
+        (opts.header_read_timeout.as_millis() as u64, opts.keep_alive_timeout.as_millis() as u64);
+    let ms_since_epoch = || epoch.elapsed().as_millis() as u64;
+    let at = |ms: u64| tokio::time::Instant::from_std(epoch + Duration::from_millis(ms));
+    let check = tokio::time::sleep_until(at(ms_since_epoch()));
+    let mut check = pin!(check);
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
@@ -268,12 +280,20 @@ async fn connection<H: Handler>(
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !graceful => {
-                let idle_for = (epoch.elapsed().as_millis() as u64)
-                    .saturating_sub(state.idle_since_ms.load(Ordering::Relaxed));
-                if !state.busy.load(Ordering::Acquire) && idle_for >= keep_alive_ms {
-                    graceful = true;
-                    conn.as_mut().graceful_shutdown();
+            _ = check.as_mut(), if !graceful => {
+                let p = Phase {
+                    busy: state.busy.load(Ordering::Acquire),
+                    head_since: state.head_since_ms.load(Ordering::Relaxed),
+                    idle_since: state.idle_since_ms.load(Ordering::Relaxed),
+                };
+                match phase::next(p, ms_since_epoch(), header_ms, keep_alive_ms) {
+                    Due::Wait(ms) => check.as_mut().reset(at(ms)),
+                    // A head that is not done in time: nothing to answer, the client is gone or stalling.
+                    Due::Close => return,
+                    Due::Idle => {
+                        graceful = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
@@ -307,6 +327,7 @@ fn overloaded<H: Handler>(
                 busy: AtomicBool::new(false),
                 served: AtomicBool::new(false),
                 idle_since_ms: AtomicU64::new(0),
+                head_since_ms: AtomicU64::new(1),
                 permit: Mutex::new(None),
                 close: Notify::new(),
             };
@@ -427,6 +448,7 @@ mod tests {
                 busy: AtomicBool::new(busy),
                 served: AtomicBool::new(true),
                 idle_since_ms: AtomicU64::new(since),
+                head_since_ms: AtomicU64::new(0),
                 permit: Mutex::new(sem.clone().try_acquire_owned().ok()),
                 close: Notify::new(),
             })
