@@ -89,6 +89,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Logs a failed spool write, summarised (on a full disk every one fails).
+fn spool_failed(log: &Mutex<Quiet>, what: &'static str, e: &crate::spool::SpoolError, now: u64) {
+    if let Some(failures) = lock(log).hit(now) {
+        tracing::warn!(error = %e, what, failures, "spool write failed; the spool retries it, nothing is sent again");
+    }
+}
+
 /// The dispatcher.
 pub struct Dispatcher {
     spool: Arc<dyn Spool>,
@@ -105,7 +112,7 @@ pub struct Dispatcher {
     /// Set at shutdown: nothing new starts.
     stopping: AtomicBool,
     /// Failed spool writes since the last line about them.
-    spool_log: Mutex<Quiet>,
+    spool_log: Arc<Mutex<Quiet>>,
     /// What `/readyz` shows of each upstream's circuit.
     status: Arc<UpstreamStatus>,
     /// Records in delivery tasks, and whether they were released while there: a release must
@@ -139,7 +146,7 @@ impl Dispatcher {
             routes,
             clock,
             stopping: AtomicBool::new(false),
-            spool_log: Mutex::new(Quiet::default()),
+            spool_log: Arc::new(Mutex::new(Quiet::default())),
             status: Arc::new(UpstreamStatus::new()),
             in_tasks: Mutex::new(std::collections::HashMap::new()),
         }
@@ -195,12 +202,24 @@ impl Dispatcher {
             }
             let blocked = blocked_until.is_some_and(|t| t > Instant::now());
             let allowed = if blocked { 0 } else { room.min(pacer.available(Instant::now())) };
+            // Records the spool leased for us with an append (after `want_fresh`): they are ours
+            // whatever the room now, and spare the read.
+            let fresh = self.spool.take_fresh();
             let mut wait = None;
-            if blocked {
+            if blocked && fresh.is_empty() {
                 wait = blocked_until.map(|t| t.saturating_duration_since(Instant::now()));
-            } else if allowed > 0 {
-                match self.spool.read_batch(allowed, 8 * 1024 * 1024, self.clock.now_ms()).await {
+            } else if allowed > 0 || !fresh.is_empty() {
+                let read = if fresh.is_empty() {
+                    self.spool.read_batch(allowed, 8 * 1024 * 1024, self.clock.now_ms()).await
+                } else {
+                    Ok(fresh)
+                };
+                match read {
                     Ok(batch) => {
+                        if batch.len() < allowed {
+                            // Everything due is taken: the next records may come with an append.
+                            self.spool.want_fresh(allowed - batch.len());
+                        }
                         pacer.spend(batch.len());
                         if !batch.is_empty() {
                             let oldest = batch.iter().map(|q| q.record.received_ms).min();
@@ -219,6 +238,7 @@ impl Dispatcher {
                         if all_blocked {
                             // Everything due is waiting on an open circuit: stop reading until
                             // the probe answers or the next probe time, instead of churning.
+                            self.spool.want_fresh(0);
                             wait = Some(self.cfg.retry_initial);
                             blocked_until = Some(Instant::now() + self.cfg.retry_initial);
                         }
@@ -321,13 +341,18 @@ impl Dispatcher {
         // write (not the send); the lines are summarised, as on a full disk every one fails.
         let finished = acks.len();
         if !acks.is_empty() {
-            if let Err(e) = self.spool.ack(acks).await {
-                self.spool_failed("ack", &e, now);
-            }
+            // Not awaited: the ack may wait to ride with the next append (`Spool::ack_soon`), and
+            // the records stay leased until it commits, so nothing is read and sent again.
+            let (spool, log) = (self.spool.clone(), self.spool_log.clone());
+            tokio::spawn(async move {
+                if let Err(e) = spool.ack_soon(acks).await {
+                    spool_failed(&log, "ack", &e, now);
+                }
+            });
         }
         if !retries.is_empty() {
             if let Err(e) = self.spool.reschedule(retries).await {
-                self.spool_failed("reschedule", &e, now);
+                spool_failed(&self.spool_log, "reschedule", &e, now);
             }
         }
         let reports = report::account(&drops, now);
@@ -340,12 +365,6 @@ impl Dispatcher {
         hot.spool_envelopes.set(self.spool.len() as f64);
         hot.spool_bytes.set(self.spool.bytes() as f64);
         finished
-    }
-
-    fn spool_failed(&self, what: &'static str, e: &crate::spool::SpoolError, now: u64) {
-        if let Some(failures) = lock(&self.spool_log).hit(now) {
-            tracing::warn!(error = %e, what, failures, "spool write failed; the spool retries it, nothing is sent again");
-        }
     }
 
     fn upstream(&self, url: &UpstreamUrl) -> Arc<UpstreamState> {

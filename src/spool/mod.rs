@@ -66,6 +66,24 @@ pub trait Spool: Send + Sync + 'static {
     /// Removes leased records for good (delivered, or dropped and counted).
     fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>>;
 
+    /// Like [`Spool::ack`], but the write may wait a little for other writes to go with (it
+    /// only has to be done before the next start: until then the records stay leased).
+    fn ack_soon(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.ack(ids)
+    }
+
+    /// Says that dispatch has room for `max_count` records and nothing to send: the spool may
+    /// lease records for it with the next append, to be picked up with [`Spool::take_fresh`],
+    /// so that a fresh record reaches dispatch without a read of its own. Spools that cannot
+    /// ignore it (dispatch reads when woken).
+    fn want_fresh(&self, _max_count: usize) {}
+
+    /// Records leased for dispatch after [`Spool::want_fresh`] (and withdraws the wish). They
+    /// are leased as if read: each must be acked or rescheduled.
+    fn take_fresh(&self) -> Vec<Queued> {
+        Vec::new()
+    }
+
     /// Returns leased records to the queue, each due again at its time.
     fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>>;
 

@@ -23,7 +23,7 @@
 //! (a full disk) and `recovery` (a corrupt database).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,11 @@ struct Shared {
     oldest: AtomicU64,
     /// The last failed write, for readiness.
     error: Mutex<Option<String>>,
+    /// How many records dispatch waits for (0: it is not waiting); taken by the next group
+    /// with appends, which leases them into `fresh`.
+    wanted: AtomicUsize,
+    /// Records leased for dispatch with an append's group, until it takes them.
+    fresh: Mutex<Vec<Queued>>,
 }
 
 /// The SQLite-backed spool.
@@ -91,7 +96,7 @@ pub struct SqliteSpool {
     /// Read when commands are handed to the writer, which has no clock of its own.
     clock: Clock,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Told of every write, so the WAL is written back ahead of checkpoints (`durability =
+    /// Writes the WAL back ahead of checkpoints when the writer wakes it (`durability =
     /// process` only); taken at close to stop its thread.
     flusher: Mutex<Option<wal::Flusher>>,
     /// The spool's directory, for `disk_bytes`.
@@ -108,6 +113,7 @@ impl SqliteSpool {
     pub fn open_with_notify(opts: SqliteOptions, notify: Arc<Notify>) -> Result<SqliteSpool, SpoolError> {
         std::fs::create_dir_all(opts.dir.join("bodies"))?;
         let flusher = wal::Flusher::start(&opts)?;
+        let waker = flusher.as_ref().and_then(wal::Flusher::waker);
         let (dir, clock) = (opts.dir.clone(), opts.clock);
         let now = clock.now_ms();
         let db = Db::open_or_quarantine(opts, now)?;
@@ -115,8 +121,9 @@ impl SqliteSpool {
         db.publish(&shared);
         let (tx, rx) = mpsc::channel();
         let (s2, n2) = (shared.clone(), notify.clone());
-        let thread =
-            std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(db, now, rx, s2, n2))?;
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer::run(db, now, rx, s2, n2, waker))?;
         let submit = Arc::new(Mutex::new(Submit::new(tx)));
         Ok(SqliteSpool {
             submit,
@@ -130,15 +137,6 @@ impl SqliteSpool {
     }
 }
 
-impl SqliteSpool {
-    /// Tells the WAL flusher a write is coming.
-    fn wrote(&self) {
-        if let Some(f) = lock(&self.flusher).as_ref() {
-            f.poke();
-        }
-    }
-}
-
 /// Locks `m`, going on with the data if a panicking thread poisoned it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -147,7 +145,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Spool for SqliteSpool {
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
         let records = records.into_iter().map(Arc::new).collect();
-        self.wrote();
         self.call(|r| Cmd::Append(records, r))
     }
 
@@ -161,12 +158,23 @@ impl Spool for SqliteSpool {
     }
 
     fn ack(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
-        self.wrote();
         self.call(|r| Cmd::Ack(ids, r))
     }
 
+    fn ack_soon(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), SpoolError>> {
+        self.call_lazy(|r| Cmd::Ack(ids, r))
+    }
+
+    fn want_fresh(&self, max_count: usize) {
+        self.shared.wanted.store(max_count, Ordering::Release);
+    }
+
+    fn take_fresh(&self) -> Vec<Queued> {
+        self.shared.wanted.store(0, Ordering::Release);
+        std::mem::take(&mut *lock(&self.shared.fresh))
+    }
+
     fn reschedule(&self, items: Vec<Reschedule>) -> BoxFuture<'_, Result<(), SpoolError>> {
-        self.wrote();
         self.call(|r| Cmd::Reschedule(items, r))
     }
 

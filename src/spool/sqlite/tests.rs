@@ -208,3 +208,49 @@ async fn disk_bytes_counts_the_database_the_wal_and_body_files() {
     assert_eq!(s.disk_bytes(), Some(files + bodies));
     s.close().await;
 }
+
+/// Dispatch waiting for records: the next append's group leases them for it, so they are taken
+/// without a read (and a read no longer hands them out); the wish is used up by that append.
+#[tokio::test]
+async fn fresh_records_reach_dispatch_with_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), DeliveryOrder::OldestFirst);
+    assert!(s.take_fresh().is_empty());
+    s.want_fresh(2);
+    s.append(vec![rec(b"a"), rec(b"b"), rec(b"c")]).await.unwrap();
+    let fresh = s.take_fresh();
+    assert_eq!(bodies(&fresh), [&b"a"[..], b"b"], "leased with the append, up to what was wanted");
+    let read = s.read_batch(10, usize::MAX, now_ms()).await.unwrap();
+    assert_eq!(bodies(&read), [&b"c"[..]], "the offered records are leased");
+    s.append(vec![rec(b"d")]).await.unwrap();
+    assert!(s.take_fresh().is_empty(), "the wish was used up");
+    s.want_fresh(5);
+    assert!(s.take_fresh().is_empty(), "taking withdraws the wish");
+    s.append(vec![rec(b"e")]).await.unwrap();
+    assert!(s.take_fresh().is_empty());
+    s.close().await;
+}
+
+/// An ack that may wait rides with the next append's hand-off instead of one of its own, and goes
+/// on its own after `LAZY` when nothing else comes.
+#[tokio::test(start_paused = true)]
+async fn a_lazy_ack_rides_with_the_next_append_or_goes_after_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(open_on(dir.path(), DeliveryOrder::OldestFirst, Clock::tokio(BASE_MS)));
+    s.append(vec![event(b"a", BASE_MS), event(b"b", BASE_MS)]).await.unwrap();
+    let ids: Vec<u64> = s.read_batch(10, usize::MAX, BASE_MS).await.unwrap().iter().map(|q| q.id).collect();
+    let sent = || super::lock(&s.submit).sent;
+    let before = sent();
+    let ack = s.ack_soon(vec![ids[0]]);
+    tokio::task::yield_now().await;
+    assert_eq!((sent(), s.len()), (before, 2), "not sent on its own at once");
+    s.append(vec![event(b"c", BASE_MS)]).await.unwrap();
+    assert_eq!(sent(), before + 1, "one hand-off for the append and the ack");
+    ack.await.unwrap();
+    assert_eq!(s.len(), 2, "acked with the append: a out, c in");
+    let started = tokio::time::Instant::now();
+    s.ack_soon(vec![ids[1]]).await.unwrap();
+    assert_eq!(s.len(), 1);
+    assert!(started.elapsed() >= super::handoff::LAZY, "alone, it went after the wait");
+    s.close().await;
+}

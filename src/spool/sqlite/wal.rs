@@ -7,10 +7,13 @@
 //! auto-checkpoint and only counts pages. Checkpoints come at 1,000 WAL pages but at most every
 //! 100 ms below 4,000 pages: at a few connections the WAL fills with copies of the same few pages
 //! in a few tens of milliseconds, and each checkpoint was a stall every request saw. With
-//! `durability = process` a small thread also writes the WAL's dirty pages back within 20 ms of a
-//! write (and sleeps while nothing is written), so
-//! the fsync that every checkpoint starts with finds little to do and stalls the writer (and
-//! every request waiting on it) for a fraction of a millisecond instead of several.
+//! `durability = process` a small thread also writes the WAL's dirty pages back once
+//! [`FLUSH_PAGES`] have been written since its last sync (at most every 20 ms, and never while
+//! nothing is written), so the fsync that every checkpoint starts with finds little to do and
+//! stalls the writer (and every request waiting on it) for a fraction of a millisecond instead of
+//! several. The writer decides after each commit whether to wake it: at a few envelopes a second
+//! a sync per write was a third of a thread hand-off per envelope and real disk writes of pages
+//! that the next commits overwrite anyway.
 //!
 //! The spacing is measured on the monotonic clock of the writer's own thread, not the spool's
 //! clock: it is about how fast the WAL really fills, which a test's paused clock says nothing of.
@@ -41,8 +44,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL size (pages, 16 MB) at which the writer checkpoints however recent the last one was.
 const CHECKPOINT_MAX_PAGES: i32 = 4000;
 
-/// How often the WAL's dirty pages are written back ahead of a checkpoint.
+/// How often, at most, the WAL's dirty pages are written back ahead of a checkpoint.
 const WAL_FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// WAL pages written since the last sync that make the writer wake the flusher (512 KiB: an
+/// eighth of what a checkpoint copies, so its fsync never finds more than that to write).
+pub(super) const FLUSH_PAGES: i32 = 128;
 
 /// Whether a WAL of `pages`, `since` the last checkpoint, is to be checkpointed now.
 fn checkpoint_due(pages: i32, since: Duration) -> bool {
@@ -85,9 +92,9 @@ impl Db {
     }
 }
 
-/// The WAL flusher thread for `durability = process`: it sleeps until a write is handed to the
-/// writer ([`Flusher::poke`]), waits [`WAL_FLUSH_EVERY`] so that one sync covers every write of
-/// that window, syncs the WAL and sleeps again. An idle spool costs no wake-ups (it used to poll
+/// The WAL flusher thread for `durability = process`: it sleeps until the writer wakes it
+/// ([`FlushWaker`], [`Flusher::poke`]), waits [`WAL_FLUSH_EVERY`] so that one sync covers every
+/// write of that window, syncs the WAL and sleeps again. An idle spool costs no wake-ups (it used to poll
 /// every 20 ms whatever happened). Dropping it stops the thread.
 pub(super) struct Flusher {
     state: Arc<FlushState>,
@@ -119,13 +126,47 @@ impl Flusher {
         Ok(Flusher { state, thread: Some(thread) })
     }
 
-    /// Says that a write is on its way to the WAL. Costs an atomic swap, and a wake-up of the
-    /// flusher only for the first write of a window.
+    /// Asks for a sync of the WAL. Costs an atomic swap, and a wake-up of the flusher only for
+    /// the first ask of a window.
+    #[cfg(test)]
     pub(super) fn poke(&self) {
-        if !self.state.pending.swap(true, Ordering::AcqRel) {
-            if let Some(t) = &self.thread {
-                t.thread().unpark();
-            }
+        if let Some(t) = &self.thread {
+            poke(&self.state, t.thread());
+        }
+    }
+
+    /// The writer's handle: it wakes the flusher once enough pages were written.
+    pub(super) fn waker(&self) -> Option<FlushWaker> {
+        let thread = self.thread.as_ref()?.thread().clone();
+        Some(FlushWaker { state: self.state.clone(), thread, synced_at: 0 })
+    }
+}
+
+fn poke(state: &FlushState, thread: &std::thread::Thread) {
+    if !state.pending.swap(true, Ordering::AcqRel) {
+        thread.unpark();
+    }
+}
+
+/// The writer's side of the flusher: after each commit it says how many pages the WAL holds, and
+/// the flusher is woken only when [`FLUSH_PAGES`] were written since the last wake.
+pub(super) struct FlushWaker {
+    state: Arc<FlushState>,
+    thread: std::thread::Thread,
+    /// WAL pages at the last wake.
+    synced_at: i32,
+}
+
+impl FlushWaker {
+    /// Called after a commit with the WAL's page count.
+    pub(super) fn committed(&mut self, pages: i32) {
+        if pages < self.synced_at {
+            // A checkpoint reset the WAL, and synced what was in it.
+            self.synced_at = 0;
+        }
+        if pages - self.synced_at >= FLUSH_PAGES {
+            self.synced_at = pages;
+            poke(&self.state, &self.thread);
         }
     }
 }
@@ -229,6 +270,28 @@ mod tests {
         drop(f);
         // Dropping joined the thread: unparking it now is harmless and nothing is left running.
         thread.unpark();
+    }
+
+    /// The writer wakes the flusher once per [`FLUSH_PAGES`] written, not per commit, and starts
+    /// counting again after a checkpoint reset the WAL.
+    #[test]
+    fn the_flusher_is_woken_once_enough_pages_were_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Flusher::spawn(dir.path().join("spool.db-wal")).unwrap();
+        let mut w = f.waker().unwrap();
+        let pending = || f.state.pending.swap(false, Ordering::AcqRel);
+        for pages in (3..FLUSH_PAGES).step_by(3) {
+            w.committed(pages);
+            assert!(!pending(), "woken at {pages} pages");
+        }
+        w.committed(FLUSH_PAGES + 1);
+        assert!(pending(), "not woken at {} pages", FLUSH_PAGES + 1);
+        w.committed(FLUSH_PAGES + 20);
+        assert!(!pending(), "woken again 19 pages later");
+        w.committed(5);
+        assert!(!pending(), "woken after a reset with 5 pages");
+        w.committed(FLUSH_PAGES + 5);
+        assert!(pending(), "the count did not restart after the reset");
     }
 
     /// SQLite's auto-checkpoint is replaced by a hook that only counts WAL pages; the writer

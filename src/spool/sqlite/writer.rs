@@ -6,6 +6,7 @@
 //! their rows leased (so nothing is sent again in a loop) and are retried until they commit. On a
 //! full disk the group is retried once after making room; a corrupt database is replaced.
 
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -16,13 +17,22 @@ use super::handoff::{answer, Cmd, Handoff, Out};
 use super::queries::{ack, append, begin, commit, expire, insert_all, read, reschedule, rollback, Pending};
 use super::recovery::is_corruption;
 use super::space::is_disk_full;
+use super::wal::FlushWaker;
 use super::{lock, Shared};
 use crate::spool::report;
 use crate::spool::SpoolError;
 
 /// The writer thread: applies hand-offs until the spool closes, then checkpoints the WAL away.
 /// `now` is the time the database was opened at.
-pub(super) fn run(mut db: Db, now: u64, rx: mpsc::Receiver<Handoff>, shared: Arc<Shared>, notify: Arc<Notify>) {
+/// `flush` wakes the WAL flusher once enough was written (`durability = process`).
+pub(super) fn run(
+    mut db: Db,
+    now: u64,
+    rx: mpsc::Receiver<Handoff>,
+    shared: Arc<Shared>,
+    notify: Arc<Notify>,
+    mut flush: Option<FlushWaker>,
+) {
     // The time of the last hand-off and when it came, to tell the time while idle: this thread
     // reads no clock of the spool's (see `handoff`), so it counts on from the last time it had.
     let mut last = (now, Instant::now());
@@ -62,9 +72,19 @@ pub(super) fn run(mut db: Db, now: u64, rx: mpsc::Receiver<Handoff>, shared: Arc
                 Err(_) => break,
             }
         }
-        let mut wake = group.iter().any(|c| matches!(c, Cmd::Append(..) | Cmd::Reschedule(..)));
+        let appends = group.iter().any(|c| matches!(c, Cmd::Append(..)));
+        let mut wake = appends || group.iter().any(|c| matches!(c, Cmd::Reschedule(..)));
+        // Dispatch waits for records: lease them in this group, so that they reach it with the
+        // append's answers instead of with a read of their own.
+        let wanted = if appends { shared.wanted.swap(0, Ordering::AcqRel) } else { 0 };
+        if wanted > 0 {
+            group.push(Cmd::Offer { max: wanted });
+        }
         last = (now, Instant::now());
         db.apply(group, now, &shared);
+        if wanted > 0 {
+            db.keep_offered(&shared);
+        }
         // Client reports queued for drops are new work too.
         wake |= std::mem::take(&mut db.queued_reports);
         db.publish(&shared);
@@ -84,13 +104,36 @@ pub(super) fn run(mut db: Db, now: u64, rx: mpsc::Receiver<Handoff>, shared: Arc
         if wake {
             notify.notify_one();
         }
+        if let Some(f) = &mut flush {
+            f.committed(db.wal_pages.load(Ordering::Relaxed));
+        }
         db.checkpoint_if_due();
     }
     // Checkpoint so the WAL does not have to be replayed at the next start.
     let _ = db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
+/// How many body bytes an offer leases at most (as dispatch's reads).
+const OFFER_BYTES: usize = 8 * 1024 * 1024;
+
 impl Db {
+    /// Moves an offer's records from the answers to where dispatch takes them.
+    fn keep_offered(&mut self, shared: &Shared) {
+        let mut fresh = Vec::new();
+        self.answers.retain_mut(|(cmd, out)| {
+            if !matches!(cmd, Cmd::Offer { .. }) {
+                return true;
+            }
+            if let Out::Batch(Ok(v)) = out {
+                fresh.append(v);
+            }
+            false
+        });
+        if !fresh.is_empty() {
+            lock(&shared.fresh).append(&mut fresh);
+        }
+    }
+
     /// Retries failed acks and reschedules; returns whether they committed.
     fn retry_backlog(&mut self, now: u64) -> bool {
         if self.failed_acks.is_empty() && self.failed_reschedules.is_empty() {
@@ -200,7 +243,7 @@ impl Db {
         self.set_error(shared, Some(e.to_string()));
         let corrupt = is_corruption(&e);
         let outs = group.iter().map(|c| match c {
-            Cmd::Read { .. } => Out::Batch(Err(to_spool_err(clone_err(&e)))),
+            Cmd::Read { .. } | Cmd::Offer { .. } => Out::Batch(Err(to_spool_err(clone_err(&e)))),
             _ => Out::Unit(Err(to_spool_err(clone_err(&e)))),
         });
         let outs: Vec<Out> = outs.collect();
@@ -289,6 +332,17 @@ impl Db {
                             &mut pending,
                         )?))
                     }
+                    Cmd::Offer { max } => Out::Batch(Ok(read(
+                        tx,
+                        &self.opts,
+                        unleased,
+                        &self.leased,
+                        &mut self.cache,
+                        *max,
+                        OFFER_BYTES,
+                        now,
+                        &mut pending,
+                    )?)),
                     Cmd::Ack(ids, _) => {
                         ack(tx, &self.opts.dir, ids, &mut pending)?;
                         pending.lease_remove.extend(ids.iter().map(|i| *i as i64));
