@@ -191,6 +191,9 @@ impl Sidecar {
         opts.on_overload = Some(|| {
             metrics::counter!(telemetry::REJECTED, "endpoint" => "other", "reason" => "connection_limit").increment(1)
         });
+        opts.on_header_timeout = Some(|| {
+            metrics::counter!(telemetry::REJECTED, "endpoint" => "other", "reason" => "header_timeout").increment(1)
+        });
         let mut servers = vec![
             tokio::spawn(crate::http::serve(listener, front, shutdown_rx.clone(), opts.clone())),
             // Asleep until something is refused or dropped; then a line at most once a minute.

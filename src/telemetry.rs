@@ -163,6 +163,7 @@ const REJECT_REASONS: &[&str] = &[
     "upstream_unreachable",
     "upstream_timeout",
     "connection_limit",
+    "header_timeout",
     "overloaded",
 ];
 const OUTCOMES: &[&str] = &["delivered", "rejected", "captured"];

@@ -149,6 +149,8 @@ async fn idle_keep_alive_lasts_its_own_limit_while_stalled_headers_keep_theirs()
     assert!(!closed_within(&mut idle, 1).await, "closed before the keep-alive limit");
     assert_eq!(keep_alive_request(&mut idle, "/api/42/envelope/", &body).await.status, 200);
     assert!(closed_within(&mut idle, 8).await, "an idle keep-alive connection is closed");
+    let m = metrics_text(addr).await;
+    assert!(metric_value(&m, r#"sidecar_rejected_total{endpoint="other",reason="header_timeout"}"#) >= 1.0, "{m}");
     sidecar.shutdown().await;
 }
 

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub priority_paths: &'static [&'static str],
     /// Called for each connection answered 503 at the cap (the caller counts it).
     pub on_overload: Option<fn()>,
+    /// Called for each connection closed because a request head did not arrive in time.
+    pub on_header_timeout: Option<fn()>,
 }
 
 impl ServeOptions {
@@ -66,6 +68,7 @@ impl ServeOptions {
             keep_alive_timeout: Duration::from_secs(10),
             priority_paths: &[],
             on_overload: None,
+            on_header_timeout: None,
         }
     }
 }
@@ -289,7 +292,12 @@ async fn connection<H: Handler>(
                 match phase::next(p, ms_since_epoch(), header_ms, keep_alive_ms) {
                     Due::Wait(ms) => check.as_mut().reset(at(ms)),
                     // A head that is not done in time: nothing to answer, the client is gone or stalling.
-                    Due::Close => return,
+                    Due::Close => {
+                        if let Some(count) = opts.on_header_timeout {
+                            count();
+                        }
+                        return;
+                    }
                     Due::Idle => {
                         graceful = true;
                         conn.as_mut().graceful_shutdown();
