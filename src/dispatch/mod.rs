@@ -163,6 +163,8 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let notify = self.spool.notify();
         let mut tasks: JoinSet<Settle> = JoinSet::new();
+        // Acks on their way to the spool (not awaited by the loop: see `settle`).
+        let mut acking: JoinSet<()> = JoinSet::new();
         let mut pacer = Pacer::new(self.cfg.drain_rate, Instant::now());
         let mut drain = Drain::default();
         let batch = self.cfg.batch_size as u64;
@@ -179,6 +181,7 @@ impl Dispatcher {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            while acking.try_join_next().is_some() {}
 
             if self.recovered.swap(false, Ordering::AcqRel) {
                 pacer.start(Instant::now());
@@ -268,7 +271,7 @@ impl Dispatcher {
                     while let Some(more) = tasks.try_join_next() {
                         settled.push(more);
                     }
-                    drain.sent(self.settle(settled).await);
+                    drain.sent(self.settle(settled, &mut acking).await);
                 }
                 _ = &mut notified, if !reading_paused => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -296,7 +299,10 @@ impl Dispatcher {
                 }
             }
         }
-        self.settle(settled).await;
+        self.settle(settled, &mut acking).await;
+        // Every ack is in the spool before it closes: one left behind would send its record
+        // again after the restart.
+        while acking.join_next().await.is_some() {}
     }
 
     fn is_blocked(&self, q: &Queued) -> bool {
@@ -308,7 +314,7 @@ impl Dispatcher {
 
     /// Acks, reschedules and reports what the finished deliveries ask; returns how many records
     /// left the spool for good.
-    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>) -> usize {
+    async fn settle(&self, done: Vec<Result<Settle, tokio::task::JoinError>>, acking: &mut JoinSet<()>) -> usize {
         let mut acks = Vec::new();
         let mut retries = Vec::new();
         let mut drops = Vec::new();
@@ -344,7 +350,7 @@ impl Dispatcher {
             // Not awaited: the ack may wait to ride with the next append (`Spool::ack_soon`), and
             // the records stay leased until it commits, so nothing is read and sent again.
             let (spool, log) = (self.spool.clone(), self.spool_log.clone());
-            tokio::spawn(async move {
+            acking.spawn(async move {
                 if let Err(e) = spool.ack_soon(acks).await {
                     spool_failed(&log, "ack", &e, now);
                 }
