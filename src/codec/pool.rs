@@ -31,6 +31,12 @@ impl DecodePool {
         DecodePool::new(std::thread::available_parallelism().map_or(2, |n| n.get()).min(4))
     }
 
+    /// The semaphore of decoders: a body decoded as it arrives holds a permit only while it has
+    /// input to decode, not while it waits for the network.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+
     /// Undoes `codings` (see [`super::codings`]) off the async threads, producing at most `limit`
     /// bytes; waits for a free decoder first.
     pub async fn decode(&self, codings: Vec<String>, body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
