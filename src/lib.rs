@@ -246,7 +246,7 @@ impl Forward for PassThrough {
                 method: req.method,
                 uri,
                 headers: req.headers,
-                body: req.body,
+                body: req.body.into(),
                 encoding: codec::Encoding::Identity,
             };
             let resp = self.0.exchange(out, PASS_THROUGH_ANSWER_BYTES).await.map_err(|e| match e {

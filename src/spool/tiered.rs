@@ -36,7 +36,10 @@ fn split<T>(items: Vec<T>, id: impl Fn(&T) -> u64) -> (Vec<T>, Vec<T>) {
 impl Spool for TieredSpool {
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
         let incoming: u64 = records.iter().map(|r| r.body.len() as u64).sum();
-        if self.mem.bytes() + incoming <= self.mem_limit {
+        // A body in a file is on disk already: its record goes to the disk tier, which takes the
+        // file (the RAM tier's budget is for bodies in memory).
+        let files = records.iter().any(|r| r.body.file().is_some());
+        if !files && self.mem.bytes() + incoming <= self.mem_limit {
             self.mem.append(records)
         } else {
             self.disk.append(records)

@@ -87,7 +87,7 @@ mod tests {
     use bytes::Bytes;
 
     fn rec(len: usize) -> Arc<Record> {
-        Arc::new(Record { body: Bytes::from(vec![b'x'; len]), ..Record::for_test(b"", 1) })
+        Arc::new(Record { body: Bytes::from(vec![b'x'; len]).into(), ..Record::for_test(b"", 1) })
     }
 
     fn ids(q: &[Queued]) -> Vec<u64> {
