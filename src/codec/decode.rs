@@ -54,7 +54,12 @@ pub fn decode_codings(codings: &[String], body: Bytes, limit: usize) -> Result<B
     if codings.is_empty() {
         return Ok(body);
     }
-    let mut reader: Box<dyn Read + Send + '_> = Box::new(&body[..]);
+    decode_slice(codings, &body, limit)
+}
+
+/// [`decode_codings`] of a borrowed body with at least one coding.
+pub(super) fn decode_slice(codings: &[String], body: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
+    let mut reader: Box<dyn Read + Send + '_> = Box::new(body);
     let mut last = "";
     for c in codings.iter().rev() {
         let (name, next) = decoder(c, reader)?;

@@ -37,6 +37,30 @@ impl DecodePool {
         self.permits.clone()
     }
 
+    /// Like [`DecodePool::decode`], handing `body` back as well (no copy), for a body to be
+    /// decoded another way when this one stops at the limit; `None` only if the decoding thread
+    /// went away.
+    pub async fn decode_keeping(
+        &self,
+        codings: Vec<String>,
+        body: Bytes,
+        limit: usize,
+    ) -> (Result<Bytes, DecodeError>, Option<Bytes>) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(e) => return (Err(DecodeError::Interrupted(e.to_string())), Some(body)),
+        };
+        let job = tokio::task::spawn_blocking(move || {
+            let out = super::decode::decode_slice(&codings, &body, limit);
+            drop(permit);
+            (out, body)
+        });
+        match job.await {
+            Ok((out, body)) => (out, Some(body)),
+            Err(e) => (Err(DecodeError::Interrupted(e.to_string())), None),
+        }
+    }
+
     /// Undoes `codings` (see [`super::codings`]) off the async threads, producing at most `limit`
     /// bytes; waits for a free decoder first.
     pub async fn decode(&self, codings: Vec<String>, body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {

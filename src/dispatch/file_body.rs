@@ -68,3 +68,60 @@ pub(super) fn prepare(
     out.rewind()?;
     Ok((Body::File { file: out, len }, encoding))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spool::Body as SpoolBody;
+
+    /// A record whose body is a gzip file of `raw` in `dir`.
+    fn file_record(dir: &std::path::Path, raw: &[u8]) -> (Record, Arc<BodyFile>) {
+        let (temp, f) = TempBody::create(dir, 0).unwrap();
+        let mut enc = StreamEncoder::new(Encoding::Gzip, 1, f).unwrap();
+        enc.write_all(raw).unwrap();
+        let mut f = enc.finish().unwrap();
+        let len = f.stream_position().unwrap();
+        let file = Arc::new(temp.finish(len));
+        let r = Record { body: SpoolBody::File(file.clone()), encoding: Encoding::Gzip, ..Record::for_test(b"", 0) };
+        (r, file)
+    }
+
+    fn sent(body: Body) -> Vec<u8> {
+        let Body::File { mut file, len } = body else { panic!("a file body") };
+        let mut out = Vec::new();
+        (&mut file).take(len).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_file_goes_as_stored_or_is_re_encoded_as_a_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = b"{\"sent_at\":\"2026-11-26T04:48:54Z\"}\n{\"type\":\"attachment\"}\n".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 300_000));
+        let (record, file) = file_record(dir.path(), &raw);
+        let gzip = Compression { encoding: Encoding::Gzip, level: 1 };
+        let stored = std::fs::read(file.path()).unwrap();
+        // Fresh and stored for this setting: the file itself.
+        let (body, enc) = prepare(&record, &file, gzip, Duration::ZERO).unwrap();
+        assert_eq!((sent(body), enc), (stored.clone(), Encoding::Gzip));
+        // Waited 90 s: decoded, `sent_at` moved, compressed again; nothing left beside it.
+        let (body, enc) = prepare(&record, &file, gzip, Duration::from_secs(90)).unwrap();
+        let back = Encoding::Gzip.decode(&Bytes::from(sent(body)), 1 << 20).unwrap();
+        let want = String::from_utf8(raw.clone()).unwrap().replace("04:48:54", "04:50:24");
+        assert_eq!((&back[..], enc), (want.as_bytes(), Encoding::Gzip));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the re-encoded copy was unlinked");
+        // Stored for another setting: re-encoded for this one.
+        let zstd = Compression { encoding: Encoding::Zstd, level: 1 };
+        let (body, enc) = prepare(&record, &file, zstd, Duration::ZERO).unwrap();
+        assert_eq!(enc, Encoding::Zstd);
+        assert_eq!(Encoding::Zstd.decode(&Bytes::from(sent(body)), 1 << 20).unwrap(), raw);
+        // A store body is never shifted; a missing file is an error.
+        let store = Record { endpoint: Endpoint::Store, ..record.clone() };
+        let (body, _) = prepare(&store, &file, gzip, Duration::from_secs(90)).unwrap();
+        assert_eq!(sent(body), stored);
+        std::fs::remove_file(file.path()).unwrap();
+        assert!(prepare(&record, &file, gzip, Duration::ZERO).is_err());
+    }
+}

@@ -225,7 +225,8 @@ pub async fn decode(
 }
 
 /// [`decode`], with the decoded bytes paid for from `budget` into `hold` (the wire bytes stay
-/// held too: both are in memory until the request is done).
+/// held too: both are in memory until the request is done). The wire bytes are handed back when
+/// the decoded ones would pass `limit`, to be decoded another way (into a file).
 pub async fn decode_within(
     pool: &DecodePool,
     codings: Vec<String>,
@@ -233,14 +234,17 @@ pub async fn decode_within(
     limit: usize,
     budget: &Budget,
     hold: &mut Hold,
-) -> Result<Bytes, BodyError> {
+) -> Result<Result<Bytes, Bytes>, BodyError> {
     // A body without a coding is the same buffer, paid for already.
     if codings.is_empty() {
-        return Ok(body);
+        return Ok(Ok(body));
     }
-    let decoded = pool.decode(codings, body, limit).await?;
+    let decoded = match pool.decode_keeping(codings, body, limit).await {
+        (Err(DecodeError::TooLarge(_)), Some(wire)) => return Ok(Err(wire)),
+        (out, _) => out?,
+    };
     budget.take(hold, decoded.len(), is_small(Some(decoded.len() as u64), 0)).await?;
-    Ok(decoded)
+    Ok(Ok(decoded))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 pub mod body;
 pub mod budget;
 mod forward;
+mod payload;
 mod refusal;
 pub mod route;
 pub mod stream;
@@ -42,10 +43,11 @@ use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, End
 use crate::routing::{Routes, Target};
 use crate::spool::{Body, Record, Spool};
 use crate::telemetry as t;
-use body::{Pace, Read};
+use body::Pace;
 use budget::{Budget, Hold};
+use payload::Payload;
 pub use refusal::Refusal;
-use stream::{DiskGauge, Plan, Streamed, STREAM_BYTES};
+use stream::DiskGauge;
 
 /// How long a request waits for memory budget before it is refused as overloaded.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
@@ -69,12 +71,6 @@ pub struct Ingest {
     budget: Budget,
     /// Body files being streamed, against the spool's byte bound.
     disk: Arc<DiskGauge>,
-}
-
-/// A request body after reading and decoding: in memory, or (large) streamed to a file.
-enum Payload {
-    Mem(Bytes),
-    File(Streamed),
 }
 
 impl Ingest {
@@ -297,70 +293,6 @@ impl Ingest {
         hot.accepted(endpoint).increment(1);
         hot.accepted_bytes(endpoint).increment(bytes);
         Ok(response::accepted(event_id.as_deref()))
-    }
-
-    /// Reads and decodes a request body: into memory when it is small, both on the wire and
-    /// decoded (every SDK's errors, sessions and check-ins: the path is as before), else streamed
-    /// to a file (see [`stream`]). Store bodies always stay in memory (Sentry caps them at
-    /// 1 MiB decoded, and they are decoded again as a whole to sniff them).
-    async fn read_payload(
-        &self,
-        headers: &HeaderMap,
-        incoming: Incoming,
-        endpoint: Endpoint,
-        hold: &mut Hold,
-    ) -> Result<Payload, Refusal> {
-        let content_length =
-            headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-        let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
-        let codings =
-            match headers.get(CONTENT_ENCODING) {
-                None => Vec::new(),
-                Some(v) => codec::codings(v.to_str().map_err(|_| {
-                    Refusal::new(StatusCode::BAD_REQUEST, "encoding", "invalid Content-Encoding header")
-                })?)
-                .map_err(body::BodyError::from)?,
-            };
-        let max = self.cfg.max_request_bytes;
-        let streams = endpoint != Endpoint::Store;
-        let stream_above = if streams { STREAM_BYTES } else { usize::MAX };
-        let plan = || Plan {
-            dir: self.cfg.spool_dir.join("bodies"),
-            codings: codings.clone(),
-            decoded_limit: self.cfg.max_decoded_bytes,
-            envelope: matches!(endpoint, Endpoint::Envelope | Endpoint::Tunnel),
-            algo: self.cfg.compression,
-            level: self.cfg.gzip_level,
-            now_ms: now_ms(),
-            reserve: content_length.unwrap_or(0),
-        };
-        let raw = match body::read_or_stream(incoming, content_length, max, pace, &self.budget, hold, stream_above)
-            .await?
-        {
-            Read::Whole(raw) => raw,
-            Read::Large { prefix, rest } => {
-                let plan = plan();
-                self.budget.take(hold, plan.state_bytes(), false).await.map_err(body::BodyError::from)?;
-                let s = stream::stream(prefix, rest, plan, self.disk.clone(), self.decoders.permits(), &self.budget)
-                    .await?;
-                return Ok(Payload::File(s));
-            }
-        };
-        if codings.is_empty() {
-            return Ok(Payload::Mem(raw));
-        }
-        // Decoded in memory up to the threshold; a body that decodes to more is decoded again,
-        // into a file. Store bodies decode to at most a few times Sentry's 1 MiB cap.
-        let limit = if streams { STREAM_BYTES } else { 4 * MAX_STORE_EVENT }.min(self.cfg.max_decoded_bytes);
-        match body::decode_within(&self.decoders, codings.clone(), raw.clone(), limit, &self.budget, hold).await {
-            Err(body::BodyError::TooLarge(_)) if streams && limit < self.cfg.max_decoded_bytes => {
-                let plan = plan();
-                self.budget.take(hold, plan.state_bytes(), false).await.map_err(body::BodyError::from)?;
-                let s = stream::stream_whole(raw, plan, self.disk.clone(), self.decoders.permits()).await?;
-                Ok(Payload::File(s))
-            }
-            other => Ok(Payload::Mem(other?)),
-        }
     }
 
     /// An `/api/{id}/...` path the sidecar does not know: sent to the upstream now, its answer

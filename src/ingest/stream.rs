@@ -129,7 +129,12 @@ impl Plan {
     /// budget for as long as it runs.
     pub fn state_bytes(&self) -> usize {
         let decoders: usize = self.codings.iter().map(|c| codec::decoder_state_bytes(c)).sum();
-        decoders + StreamEncoder::<std::fs::File>::state_bytes(self.algo) + 3 * BUFFER_BYTES
+        decoders + self.encoder_bytes()
+    }
+
+    /// The compressor's and the buffers' part of [`Plan::state_bytes`].
+    fn encoder_bytes(&self) -> usize {
+        StreamEncoder::<std::fs::File>::state_bytes(self.algo) + 3 * BUFFER_BYTES
     }
 }
 
@@ -329,14 +334,21 @@ pub async fn stream(
     }
 }
 
-/// Streams a body held in memory (small on the wire, large once decoded) to a file.
+/// Streams a body held in memory (small on the wire, large once decoded) to a file. Its decoder
+/// runs only with a slot of the pool, as every in-memory decode does, so the number of decoders
+/// alive is bounded by the slots (each up to a 16 MiB brotli window, as before); the compressor
+/// and buffers are paid from `budget` once the slot is taken, so that bombs queued for a slot
+/// hold nothing.
 pub async fn stream_whole(
     wire: Bytes,
     plan: Plan,
     gauge: Arc<DiskGauge>,
     slots: Arc<Semaphore>,
+    budget: &Budget,
+    hold: &mut Hold,
 ) -> Result<Streamed, StreamError> {
     let slot = slots.acquire_owned().await.map_err(|e| BodyError::Read(e.to_string()))?;
+    budget.take(hold, plan.encoder_bytes(), false).await.map_err(BodyError::from)?;
     tokio::task::spawn_blocking(move || {
         let out = run(Box::new(std::io::Cursor::new(wire)), &plan, gauge);
         drop(slot);
@@ -344,4 +356,71 @@ pub async fn stream_whole(
     })
     .await
     .map_err(|e| BodyError::Read(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dir: &std::path::Path, codings: &[&str], limit: usize) -> Plan {
+        Plan {
+            dir: dir.to_owned(),
+            codings: codings.iter().map(|c| (*c).to_owned()).collect(),
+            decoded_limit: limit,
+            envelope: true,
+            algo: Encoding::Gzip,
+            level: 1,
+            now_ms: 1,
+            reserve: 0,
+        }
+    }
+
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn a_body_streams_to_a_file_within_its_limits_or_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = dir.path().join("bodies");
+        let mut env =
+            b"{\"event_id\":\"9ec79c33ec9942ab8353589fcb2e04dc\"}\n{\"type\":\"attachment\",\"length\":2000000}\n"
+                .to_vec();
+        env.extend(std::iter::repeat_n(b'z', 2_000_000));
+        let gauge = Arc::new(DiskGauge::new(1 << 30, None));
+        let zs = zstd::stream::encode_all(&env[..], 3).unwrap();
+        let s =
+            run(Box::new(std::io::Cursor::new(zs.clone())), &plan(&bodies, &["zstd"], 4 << 20), gauge.clone()).unwrap();
+        assert_eq!(s.encoding, Encoding::Gzip);
+        let facts = s.facts.clone().unwrap();
+        assert_eq!(
+            (facts.event_id.as_deref(), &facts.item_types[..]),
+            (Some("9ec79c33ec9942ab8353589fcb2e04dc"), &["attachment".to_owned()][..])
+        );
+        let stored = std::fs::read(s.file.path()).unwrap();
+        assert_eq!(Encoding::Gzip.decode(&Bytes::from(stored), 4 << 20).unwrap(), env);
+        assert_eq!(gauge.in_flight(), 0, "given back once written");
+        drop(s);
+        assert_eq!(files(&bodies), 0, "a file nobody took is removed");
+        // Past the decoded limit: 413, no file.
+        let err = run(Box::new(std::io::Cursor::new(zs.clone())), &plan(&bodies, &["zstd"], 1 << 20), gauge.clone());
+        assert!(matches!(err, Err(StreamError::Body(BodyError::TooLarge(_)))), "{err:?}");
+        // Past the bound for files in flight: refused, no file, nothing left counted.
+        let small = Arc::new(DiskGauge::new(1000, None));
+        let err = run(Box::new(std::io::Cursor::new(env.clone())), &plan(&bodies, &[], 4 << 20), small.clone());
+        assert!(matches!(err, Err(StreamError::Spool(SpoolError::Full))), "{err:?}");
+        let reserved = Plan { reserve: 2000, ..plan(&bodies, &[], 4 << 20) };
+        let err = run(Box::new(std::io::Cursor::new(env.clone())), &reserved, small.clone());
+        assert!(matches!(err, Err(StreamError::Spool(SpoolError::Full))), "refused at once by its length");
+        assert_eq!(small.in_flight(), 0);
+        // Not an envelope: 400, no file; a corrupt stream likewise.
+        let mut bad = env.clone();
+        bad[78] = b'9';
+        let err = run(Box::new(std::io::Cursor::new(bad)), &plan(&bodies, &[], 4 << 20), gauge.clone());
+        assert!(matches!(err, Err(StreamError::Envelope(_))), "{err:?}");
+        let err =
+            run(Box::new(std::io::Cursor::new(zs[..zs.len() / 2].to_vec())), &plan(&bodies, &["zstd"], 4 << 20), gauge);
+        assert!(matches!(err, Err(StreamError::Body(BodyError::Corrupt("zstd", _)))), "{err:?}");
+        assert_eq!(files(&bodies), 0);
+    }
 }
