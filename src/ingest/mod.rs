@@ -163,15 +163,16 @@ impl Ingest {
         let mut categories = Categories::EMPTY;
         let mut envelope_key = None;
         let mut encoding = Encoding::Identity;
+        let mut decoded_len = None;
         let body = match (endpoint, payload) {
             (Endpoint::Envelope, payload) => {
                 let (facts, body) = match payload {
                     Payload::Mem(b) => {
-                        let env = Envelope::parse(b)?;
-                        (EnvelopeFacts::of(&env), Body::Mem(env.bytes))
+                        let (facts, bytes) = EnvelopeFacts::from_parsed(Envelope::parse(b)?);
+                        (facts, Body::Mem(bytes))
                     }
                     Payload::File(s) => {
-                        encoding = s.encoding;
+                        (encoding, decoded_len) = (s.encoding, Some(s.decoded_len));
                         (s.facts.ok_or_else(unvalidated)?, Body::File(Arc::new(s.file)))
                     }
                 };
@@ -222,7 +223,7 @@ impl Ingest {
                 match payload {
                     Payload::Mem(b) => Body::Mem(b),
                     Payload::File(s) => {
-                        encoding = s.encoding;
+                        (encoding, decoded_len) = (s.encoding, Some(s.decoded_len));
                         Body::File(Arc::new(s.file))
                     }
                 }
@@ -253,15 +254,18 @@ impl Ingest {
             item_types,
             received_ms: now_ms(),
         };
-        self.append(record).await
+        self.append(record, decoded_len).await
     }
 
-    async fn append(&self, mut record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
+    /// Compresses `record` for the upstream (unless it was streamed to a file, compressed on the
+    /// way), appends it and answers; `decoded_len` is a file body's decoded size, for the metric
+    /// of accepted bytes (which counts bytes as the SDK sent them, decoded).
+    async fn append(&self, mut record: Record, decoded_len: Option<u64>) -> Result<Response<Full<Bytes>>, Refusal> {
         if self.cfg.answer_429 {
             self.check_rate_limit(&record)?;
         }
         let endpoint = record.endpoint;
-        let bytes = record.body.len() as u64;
+        let bytes = decoded_len.unwrap_or(record.body.len() as u64);
         let event_id = record.event_id.clone();
         // Compressed once, here, for the upstream: the spool then writes (and dispatch sends)
         // about half the bytes. Captured records stay as they came, to be written readable. A
@@ -371,12 +375,16 @@ impl Ingest {
         let (parts, incoming) = req.into_parts();
         let mut hold = Hold::default();
         let payload = self.read_payload(&parts.headers, incoming, Endpoint::Tunnel, &mut hold).await?;
+        let mut decoded_len = None;
         let (env, body, encoding) = match payload {
             Payload::Mem(b) => {
-                let env = Envelope::parse(b)?;
-                (EnvelopeFacts::of(&env), Body::Mem(env.bytes), Encoding::Identity)
+                let (facts, bytes) = EnvelopeFacts::from_parsed(Envelope::parse(b)?);
+                (facts, Body::Mem(bytes), Encoding::Identity)
             }
-            Payload::File(s) => (s.facts.ok_or_else(unvalidated)?, Body::File(Arc::new(s.file)), s.encoding),
+            Payload::File(s) => {
+                decoded_len = Some(s.decoded_len);
+                (s.facts.ok_or_else(unvalidated)?, Body::File(Arc::new(s.file)), s.encoding)
+            }
         };
         let dsn_str = env
             .dsn
@@ -430,7 +438,7 @@ impl Ingest {
             incompressible: false,
             received_ms: now_ms(),
         };
-        self.append(record).await
+        self.append(record, decoded_len).await
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Streamed {
     pub encoding: Encoding,
     /// The envelope's facts, when it was validated as one.
     pub facts: Option<EnvelopeFacts>,
+    /// The body's size decoded (before it was compressed for the upstream).
+    pub decoded_len: u64,
 }
 
 /// Bytes of body files being written, across requests, held against the spool's byte bound
@@ -250,7 +252,7 @@ pub fn run(input: Box<dyn Read + Send>, plan: &Plan, gauge: Arc<DiskGauge>) -> R
     out.flush().map_err(write_error)?;
     let len = out.written;
     drop(out);
-    Ok(Streamed { file: temp.finish(len), encoding, facts })
+    Ok(Streamed { file: temp.finish(len), encoding, facts, decoded_len: total as u64 })
 }
 
 /// Wire pieces from the async side, read by the pipeline on its blocking thread; each piece's
