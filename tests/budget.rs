@@ -82,6 +82,25 @@ async fn send_large(addr: SocketAddr, head: &[u8], payload: &[u8]) -> Resp {
     read_response(&mut s).await
 }
 
+/// POSTs `body` as `content_type` to `path` on a new connection and reads the answer (a write the
+/// sidecar refused mid-body does not fail the test).
+async fn send_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Resp {
+    let (k, v) = auth_header();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{k}: {v}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(256 * 1024) {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+    }
+    read_response(&mut s).await
+}
+
 /// 40 connections each send all but the last byte of a 19 MiB minidump and hold it: the sidecar
 /// streams them to files, never holding them in memory (before the budget it held every byte:
 /// 5.7 GB for 300), admits as many as the spool's byte bound (200 MiB here) has room for in
@@ -138,7 +157,8 @@ async fn large_bodies_held_open_stay_within_the_budget_and_small_envelopes_flow(
 /// 20 valid 19 MiB envelopes at once (the sidecar's memory held 579 MB for them before the budget,
 /// 107 MiB with it, whole bodies in memory): each is streamed to a file as it arrives, accepted
 /// (at once or on the SDK's retry after `Retry-After`), sent upstream from its file and arrives
-/// intact; the peak stays under 128 MiB, and no `.part` file is left.
+/// intact; then 5 multipart minidumps of 19 MiB likewise. The peak stays under 128 MiB, and no
+/// `.part` file is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_large_envelopes_at_once_arrive_intact_within_the_memory_ceiling() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,8 +207,45 @@ async fn twenty_large_envelopes_at_once_arrive_intact_within_the_memory_ceiling(
         assert_eq!(r.body.len(), head.len() + payload.len() + 1, "{id}");
         assert!(r.body.starts_with(&head) && r.body[head.len()..head.len() + payload.len()] == payload[..], "{id}");
     }
+    // Then 5 multipart minidumps of 19 MiB at once, the same way.
+    let boundary = "sidecarBOUNDARY";
+    let dump = Arc::new(noise(8, LARGE - 1024).into_bytes());
+    let mut dumps = Vec::new();
+    for i in 0..5u8 {
+        let dump = dump.clone();
+        dumps.push(tokio::spawn(async move {
+            let mut body = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; \
+                 filename=\"{i}.dmp\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .into_bytes();
+            body.extend_from_slice(&dump);
+            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            let ct = format!("multipart/form-data; boundary={boundary}");
+            for _ in 0..60 {
+                let r = send_to(addr, "/api/42/minidump/", &ct, &body).await;
+                match r.status {
+                    200 => return body,
+                    503 => tokio::time::sleep(Duration::from_secs(2)).await,
+                    s => panic!("{s}: {}", String::from_utf8_lossy(&r.body)),
+                }
+            }
+            panic!("minidump {i} was never accepted")
+        }));
+    }
+    let mut sent = Vec::new();
+    for d in dumps {
+        sent.push(d.await.unwrap());
+    }
+    let got = upstream.wait_for(25, 120).await;
+    for body in &sent {
+        assert!(
+            got.iter().any(|r| r.path.contains("/minidump/") && r.body[..] == body[..]),
+            "a minidump arrived changed"
+        );
+    }
     let peak = status_kb(pid, "VmHWM");
-    eprintln!("20 x 19 MiB envelopes at once: peak RSS {} MiB", peak / 1024);
+    eprintln!("20 x 19 MiB envelopes at once, then 5 x 19 MiB minidumps: peak RSS {} MiB", peak / 1024);
     assert!(peak < MIB_128, "peak RSS {peak} kB is over 128 MiB");
     assert_eq!(part_files(&dir.path().join("spool")), 0, "no upload left a .part file");
 }
