@@ -221,6 +221,24 @@ mod tests {
         assert!(matches!(decode("br", br, 1 << 20), Err(DecodeError::TooLarge(_))));
     }
 
+    /// A frame that declares a window past 8 MiB is refused before anything is decoded; one at
+    /// the limit decodes.
+    #[test]
+    fn a_zstd_window_past_the_limit_is_refused() {
+        let frame = |log: u32| {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.include_contentsize(false).unwrap();
+            e.window_log(log).unwrap();
+            std::io::Write::write_all(&mut e, &[7u8; 1000]).unwrap();
+            Bytes::from(e.finish().unwrap())
+        };
+        assert_eq!(decode("zstd", frame(ZSTD_WINDOW_LOG_MAX), 1 << 20).unwrap().len(), 1000);
+        assert!(matches!(
+            decode("zstd", frame(ZSTD_WINDOW_LOG_MAX + 4), 1 << 20),
+            Err(DecodeError::Corrupt("zstd", _))
+        ));
+    }
+
     #[test]
     fn whole_gunzip_reads_the_trailer() {
         let body = gzip(&[b'a'; 70_000]);
