@@ -153,7 +153,8 @@ impl Ingest {
         if let Some(k) = &path_key {
             agree(&mut key, "the path", k)?;
         }
-        // Held until the answer: the body (wire and decoded) is in memory that long.
+        // Held until the answer: the body (wire and decoded) is in memory that long; a body
+        // streamed to a file holds only what its pipeline paid for.
         let mut hold = Hold::default();
         let payload = self.read_payload(&parts.headers, incoming, endpoint, &mut hold).await?;
 
