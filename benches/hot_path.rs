@@ -141,7 +141,7 @@ fn record(body: &Bytes) -> Record {
             http::HeaderName::from_static("x-sentry-auth"),
             http::HeaderValue::from_static("Sentry sentry_key=0123456789abcdef0123456789abcdef, sentry_version=7"),
         )],
-        body,
+        body: body.into(),
         encoding: Encoding::Gzip,
         incompressible: false,
         project_id: 42,

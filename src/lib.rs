@@ -20,7 +20,7 @@
 //!
 //! | module | its one job | may import |
 //! |---|---|---|
-//! | [`protocol`] | the Sentry wire format: DSN and auth, envelopes, store bodies, endpoints, data categories, rate-limit headers, `sent_at` shifts; pure, no I/O, fuzzable | nothing |
+//! | [`protocol`] | the Sentry wire format: DSN and auth, envelopes (whole, or checked as they stream), store bodies, endpoints, data categories, rate-limit headers, `sent_at` shifts; pure, no I/O, fuzzable | nothing |
 //! | [`clock`] | "now" in unix ms, a value so that timing tests run on tokio's paused clock | nothing |
 //! | [`sys`] | the few libc calls that need `unsafe` (statvfs, flock for the spool lock, malloc tuning) | nothing |
 //! | [`codec`] | one `Encoding`; decoding what SDKs send under a limit, compressing what goes upstream | nothing |
@@ -29,9 +29,9 @@
 //! | [`limits`] | the rate-limit table dispatch gates on and ingest answers 429 from | `protocol`, `routing` |
 //! | [`telemetry`] | every metric's name and the Prometheus recorder | `protocol` |
 //! | [`config`] | flags, environment and TOML, validated into [`config::Config`] | `codec`, `protocol`, `routing` |
-//! | [`spool`] | the durable queue between the halves (SQLite with group commit, a RAM tier, client reports for drops) | `clock`, `codec`, `config`, `protocol`, `routing`, `sys`, `telemetry` |
-//! | [`ingest`] | routes, auth, body limits and decoding; compresses once for the upstream, appends, then answers | `clock`, `codec`, `config`, `http`, `limits`, `protocol`, `routing`, `spool`, `telemetry` |
-//! | [`upstream`] | transport only: the pooled rustls client sends a prepared request and classifies the answer | `codec`, `config`, `protocol`, `routing`, `telemetry` |
+//! | [`spool`] | the durable queue between the halves (SQLite with group commit, large bodies as files, a RAM tier, client reports for drops) | `clock`, `codec`, `config`, `protocol`, `routing`, `sys`, `telemetry` |
+//! | [`ingest`] | routes, auth, body limits and decoding; compresses once for the upstream (large bodies streamed to a file on the way), appends, then answers | `clock`, `codec`, `config`, `http`, `limits`, `protocol`, `routing`, `spool`, `telemetry` |
+//! | [`upstream`] | transport only: the pooled rustls client sends a prepared request (bytes, or a file read as it is sent) and classifies the answer | `codec`, `config`, `protocol`, `routing`, `telemetry` |
 //! | [`capture`] | the local sink used when no upstream is configured | `spool` |
 //! | [`status`] | what `/readyz` shows of each upstream's circuit (open, why, since when), written by dispatch | nothing |
 //! | [`dispatch`] | leases batches, gates them (rate limits, circuit, pacing), builds each upstream request, acks or reschedules by the outcome | `capture`, `clock`, `codec`, `config`, `limits`, `protocol`, `routing`, `spool`, `status`, `telemetry`, `upstream` |
@@ -45,7 +45,9 @@
 //! nothing is written); plus two small housekeeping threads (metrics upkeep, and `malloc_trim`
 //! from [`sys::limit_malloc_arenas`]).
 //! Large bodies are compressed, and every inbound body is decoded, on tokio's blocking pool (a
-//! few decoders at a time), never on the async threads.
+//! few decoders at a time), never on the async threads; so is the pipeline that streams a body
+//! over 1 MiB to a file (decode, check, compress, write), and the reading of a file body as it is
+//! sent upstream.
 //!
 //! [`Sidecar::start`] wires them together; `main`, the tests and the benches all use it.
 
@@ -249,7 +251,7 @@ impl Forward for PassThrough {
                 method: req.method,
                 uri,
                 headers: req.headers,
-                body: req.body,
+                body: req.body.into(),
                 encoding: codec::Encoding::Identity,
             };
             let resp = self.0.exchange(out, PASS_THROUGH_ANSWER_BYTES).await.map_err(|e| match e {

@@ -51,6 +51,11 @@ pub fn limit_malloc_arenas() {
         // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+            // Blocks of 1 MiB and more (a decoder's window: 16 MiB for brotli) are always mapped
+            // on their own and unmapped when freed. By default glibc raises this threshold to the
+            // size of the last such block freed, after which 16 MiB windows come from the arenas
+            // and stay resident between bombs.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
         }
         let _ = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
             std::thread::sleep(std::time::Duration::from_secs(5));

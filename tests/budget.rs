@@ -1,9 +1,10 @@
 #![allow(missing_docs, unreachable_pub)]
 //! The memory budget on real sockets, measured on the real binary (its peak RSS read from
-//! `/proc/<pid>/status`, so the test's own buffers do not count): large bodies held open stop
-//! being read once the budget is used up while a small envelope is still answered 200, and 20
-//! valid 19 MiB envelopes sent at once are all accepted (the SDK's retry after a 503 included)
-//! and arrive upstream intact. No timing assertions: only generous liveness bounds.
+//! `/proc/<pid>/status`, so the test's own buffers do not count): large bodies held open stream
+//! to files, within the spool's byte bound for files in flight, while a small envelope is still
+//! answered 200, and 20 valid 19 MiB envelopes sent at once are all accepted (the SDK's retry
+//! after a 503 included) and arrive upstream intact, under 128 MiB. No timing assertions: only
+//! generous liveness bounds.
 
 mod common;
 
@@ -29,6 +30,13 @@ fn spawn(spool: &Path, listen: SocketAddr, extra: &[&str]) -> Child {
         vec!["--listen".into(), listen.to_string().into(), "--spool-dir".into(), spool.into()];
     args.extend(extra.iter().map(OsString::from));
     spawn_binary(listen, &args)
+}
+
+/// How many `.part` files (uploads being streamed) are in the spool's `bodies/`.
+fn part_files(spool: &Path) -> usize {
+    std::fs::read_dir(spool.join("bodies"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".part")).count())
+        .unwrap_or(0)
 }
 
 /// A `/proc/<pid>/status` value in kB (`VmRSS`, `VmHWM`).
@@ -74,15 +82,36 @@ async fn send_large(addr: SocketAddr, head: &[u8], payload: &[u8]) -> Resp {
     read_response(&mut s).await
 }
 
+/// POSTs `body` as `content_type` to `path` on a new connection and reads the answer (a write the
+/// sidecar refused mid-body does not fail the test).
+async fn send_to(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Resp {
+    let (k, v) = auth_header();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{k}: {v}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(256 * 1024) {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+    }
+    read_response(&mut s).await
+}
+
 /// 40 connections each send all but the last byte of a 19 MiB minidump and hold it: the sidecar
-/// stops reading them at the budget (before, it held every byte: 5.7 GB for 300), refuses those
-/// that got no budget with 503 and still answers a small envelope 200 from the reserve.
+/// streams them to files, never holding them in memory (before the budget it held every byte:
+/// 5.7 GB for 300), admits as many as the spool's byte bound (200 MiB here) has room for in
+/// flight, refuses the others with 503 at once, and still answers a small envelope 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_held_open_stay_within_the_budget_and_small_envelopes_flow() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     // Capture mode; a long body timeout, so that the bodies are held for the whole test.
-    let child = Killed(spawn(&dir.path().join("spool"), addr, &["--body-read-timeout", "60s"]));
+    let child =
+        Killed(spawn(&dir.path().join("spool"), addr, &["--body-read-timeout", "60s", "--spool-max-bytes", "200MiB"]));
     let pid = child.0.id();
     let payload: Arc<Vec<u8>> = Arc::new(vec![b'x'; LARGE - 1]);
     let (k, v) = auth_header();
@@ -104,19 +133,19 @@ async fn large_bodies_held_open_stay_within_the_budget_and_small_envelopes_flow(
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let m = metrics_text(addr).await;
-        refused = metric_value(&m, r#"sidecar_rejected_total{endpoint="minidump",reason="overloaded"}"#) as usize;
+        refused = metric_value(&m, r#"sidecar_rejected_total{endpoint="minidump",reason="spool_full"}"#) as usize;
         if refused >= 30 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(refused >= 30, "at most the budget's worth of bodies are read; {refused} refused");
+    assert!(refused >= 30, "at most the byte bound's worth of bodies are written; {refused} refused");
     // A small envelope is still answered at once (from the reserve).
     let (_, small) = error_envelope("small-during-flood");
     let r = tokio::time::timeout(Duration::from_secs(10), post_envelope(addr, &small)).await.expect("answered");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let peak = status_kb(pid, "VmHWM");
-    eprintln!("40 x 19 MiB held open: peak RSS {} MiB, {refused} refused overloaded", peak / 1024);
+    eprintln!("40 x 19 MiB held open: peak RSS {} MiB, {refused} refused spool_full", peak / 1024);
     assert!(peak < MIB_128, "peak RSS {peak} kB is over 128 MiB");
     // The held connections are cut with the process; their answers do not matter.
     for h in &held {
@@ -125,8 +154,11 @@ async fn large_bodies_held_open_stay_within_the_budget_and_small_envelopes_flow(
     drop(child);
 }
 
-/// 20 valid 19 MiB envelopes at once (the sidecar's memory held 579 MB for them before): each is
-/// accepted, at once or on the SDK's retry after `Retry-After`, and arrives upstream intact.
+/// 20 valid 19 MiB envelopes at once (the sidecar's memory held 579 MB for them before the budget,
+/// 107 MiB with it, whole bodies in memory): each is streamed to a file as it arrives, accepted
+/// (at once or on the SDK's retry after `Retry-After`), sent upstream from its file and arrives
+/// intact; then 5 multipart minidumps of 19 MiB likewise. The peak stays under 128 MiB, and no
+/// `.part` file is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_large_envelopes_at_once_arrive_intact_within_the_memory_ceiling() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,7 +207,45 @@ async fn twenty_large_envelopes_at_once_arrive_intact_within_the_memory_ceiling(
         assert_eq!(r.body.len(), head.len() + payload.len() + 1, "{id}");
         assert!(r.body.starts_with(&head) && r.body[head.len()..head.len() + payload.len()] == payload[..], "{id}");
     }
+    // Then 5 multipart minidumps of 19 MiB at once, the same way.
+    let boundary = "sidecarBOUNDARY";
+    let dump = Arc::new(noise(8, LARGE - 1024).into_bytes());
+    let mut dumps = Vec::new();
+    for i in 0..5u8 {
+        let dump = dump.clone();
+        dumps.push(tokio::spawn(async move {
+            let mut body = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; \
+                 filename=\"{i}.dmp\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .into_bytes();
+            body.extend_from_slice(&dump);
+            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            let ct = format!("multipart/form-data; boundary={boundary}");
+            for _ in 0..60 {
+                let r = send_to(addr, "/api/42/minidump/", &ct, &body).await;
+                match r.status {
+                    200 => return body,
+                    503 => tokio::time::sleep(Duration::from_secs(2)).await,
+                    s => panic!("{s}: {}", String::from_utf8_lossy(&r.body)),
+                }
+            }
+            panic!("minidump {i} was never accepted")
+        }));
+    }
+    let mut sent = Vec::new();
+    for d in dumps {
+        sent.push(d.await.unwrap());
+    }
+    let got = upstream.wait_for(25, 120).await;
+    for body in &sent {
+        assert!(
+            got.iter().any(|r| r.path.contains("/minidump/") && r.body[..] == body[..]),
+            "a minidump arrived changed"
+        );
+    }
     let peak = status_kb(pid, "VmHWM");
-    eprintln!("20 x 19 MiB envelopes at once: peak RSS {} MiB", peak / 1024);
-    assert!(peak < 2 * MIB_128, "peak RSS {peak} kB");
+    eprintln!("20 x 19 MiB envelopes at once, then 5 x 19 MiB minidumps: peak RSS {} MiB", peak / 1024);
+    assert!(peak < MIB_128, "peak RSS {peak} kB is over 128 MiB");
+    assert_eq!(part_files(&dir.path().join("spool")), 0, "no upload left a .part file");
 }

@@ -54,7 +54,12 @@ pub fn decode_codings(codings: &[String], body: Bytes, limit: usize) -> Result<B
     if codings.is_empty() {
         return Ok(body);
     }
-    let mut reader: Box<dyn Read + '_> = Box::new(&body[..]);
+    decode_slice(codings, &body, limit)
+}
+
+/// [`decode_codings`] of a borrowed body with at least one coding.
+pub(super) fn decode_slice(codings: &[String], body: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
+    let mut reader: Box<dyn Read + Send + '_> = Box::new(body);
     let mut last = "";
     for c in codings.iter().rev() {
         let (name, next) = decoder(c, reader)?;
@@ -71,8 +76,40 @@ pub fn decode_codings(codings: &[String], body: Bytes, limit: usize) -> Result<B
     Ok(Bytes::from(out))
 }
 
+/// The largest zstd window accepted from a client, as a power of two (8 MiB: what levels up to 19
+/// use; only the "ultra" levels 20 to 22 need more).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The chain of streaming decoders undoing `codings` (as [`codings`] returns them, in reverse)
+/// over `input`, and the name of the outermost coding (for errors). Reading it yields the decoded
+/// body; nothing is held whole. For bodies decoded as they arrive (see `ingest`).
+pub fn decode_stream(
+    codings: &[String],
+    input: Box<dyn Read + Send>,
+) -> Result<(&'static str, Box<dyn Read + Send>), DecodeError> {
+    let (mut reader, mut last) = (input, "");
+    for c in codings.iter().rev() {
+        let (name, next) = decoder(c, reader)?;
+        (reader, last) = (next, name);
+    }
+    Ok((last, reader))
+}
+
+/// Memory one streaming decoder of `coding` may allocate for its state, beyond what it is fed and
+/// what it hands out (a brotli window is up to 16 MiB, a zstd one up to 8 MiB, inflate's 32 KiB).
+pub fn decoder_state_bytes(coding: &str) -> usize {
+    match coding {
+        "br" => 16 << 20,
+        "zstd" => (1 << ZSTD_WINDOW_LOG_MAX) + (1 << 20),
+        _ => 64 << 10,
+    }
+}
+
 /// The streaming decoder of one coding over `input`.
-fn decoder<'a>(coding: &str, input: Box<dyn Read + 'a>) -> Result<(&'static str, Box<dyn Read + 'a>), DecodeError> {
+fn decoder<'a>(
+    coding: &str,
+    input: Box<dyn Read + Send + 'a>,
+) -> Result<(&'static str, Box<dyn Read + Send + 'a>), DecodeError> {
     Ok(match coding {
         "gzip" | "x-gzip" => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(input))),
         "deflate" => {
@@ -87,7 +124,12 @@ fn decoder<'a>(coding: &str, input: Box<dyn Read + 'a>) -> Result<(&'static str,
         }
         "br" => ("br", Box::new(brotli_decompressor::Decompressor::new(input, 4096))),
         "zstd" => {
-            ("zstd", Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| DecodeError::Corrupt("zstd", e))?))
+            let mut d = zstd::stream::read::Decoder::new(input).map_err(|e| DecodeError::Corrupt("zstd", e))?;
+            // A frame may ask for a window of up to 2 GiB (zstd's own default cap is 128 MiB),
+            // which the decoder would allocate before producing a byte: a few bytes could cost
+            // that much memory. Levels up to 19 never use more than 8 MiB.
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| DecodeError::Corrupt("zstd", e))?;
+            ("zstd", Box::new(d))
         }
         other => return Err(DecodeError::UnsupportedEncoding(other.to_owned())),
     })
@@ -177,6 +219,24 @@ mod tests {
         // A brotli bomb (809 bytes of 1 GiB of zeros) stops at the limit too.
         let br = Bytes::from_static(include_bytes!("../../tests/data/zeros_1gib.br"));
         assert!(matches!(decode("br", br, 1 << 20), Err(DecodeError::TooLarge(_))));
+    }
+
+    /// A frame that declares a window past 8 MiB is refused before anything is decoded; one at
+    /// the limit decodes.
+    #[test]
+    fn a_zstd_window_past_the_limit_is_refused() {
+        let frame = |log: u32| {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.include_contentsize(false).unwrap();
+            e.window_log(log).unwrap();
+            std::io::Write::write_all(&mut e, &[7u8; 1000]).unwrap();
+            Bytes::from(e.finish().unwrap())
+        };
+        assert_eq!(decode("zstd", frame(ZSTD_WINDOW_LOG_MAX), 1 << 20).unwrap().len(), 1000);
+        assert!(matches!(
+            decode("zstd", frame(ZSTD_WINDOW_LOG_MAX + 4), 1 << 20),
+            Err(DecodeError::Corrupt("zstd", _))
+        ));
     }
 
     #[test]

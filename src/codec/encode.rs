@@ -71,7 +71,7 @@ fn zstd(body: &[u8], level: i32) -> Option<Bytes> {
 
 /// zstd levels for the gzip-style 0-9 setting: the default 1 becomes zstd's own default 3 (the
 /// lowest level that is never larger than gzip level 1 on envelopes), 9 becomes 19.
-fn zstd_level(level: u32) -> i32 {
+pub(super) fn zstd_level(level: u32) -> i32 {
     (level as i32 * 2 + 1).min(19)
 }
 

@@ -8,10 +8,15 @@
 mod decode;
 mod encode;
 mod pool;
+mod stream;
 
-pub use decode::{codings, decode, decode_codings, gunzip_whole, gzip_isize, looks_like_zlib, DecodeError};
+pub use decode::{
+    codings, decode, decode_codings, decode_stream, decoder_state_bytes, gunzip_whole, gzip_isize, looks_like_zlib,
+    DecodeError, ZSTD_WINDOW_LOG_MAX,
+};
 pub use encode::{algorithm_for, compress, OFFLOAD_BYTES, ZSTD_MIN_BYTES};
 pub use pool::DecodePool;
+pub use stream::StreamEncoder;
 
 /// How a body is encoded (also the `compression` setting: `gzip`, `zstd` or `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Deserialize)]

@@ -31,6 +31,36 @@ impl DecodePool {
         DecodePool::new(std::thread::available_parallelism().map_or(2, |n| n.get()).min(4))
     }
 
+    /// The semaphore of decoders: a body decoded as it arrives holds a permit only while it has
+    /// input to decode, not while it waits for the network.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+
+    /// Like [`DecodePool::decode`], handing `body` back as well (no copy), for a body to be
+    /// decoded another way when this one stops at the limit; `None` only if the decoding thread
+    /// went away.
+    pub async fn decode_keeping(
+        &self,
+        codings: Vec<String>,
+        body: Bytes,
+        limit: usize,
+    ) -> (Result<Bytes, DecodeError>, Option<Bytes>) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(e) => return (Err(DecodeError::Interrupted(e.to_string())), Some(body)),
+        };
+        let job = tokio::task::spawn_blocking(move || {
+            let out = super::decode::decode_slice(&codings, &body, limit);
+            drop(permit);
+            (out, body)
+        });
+        match job.await {
+            Ok((out, body)) => (out, Some(body)),
+            Err(e) => (Err(DecodeError::Interrupted(e.to_string())), None),
+        }
+    }
+
     /// Undoes `codings` (see [`super::codings`]) off the async threads, producing at most `limit`
     /// bytes; waits for a free decoder first.
     pub async fn decode(&self, codings: Vec<String>, body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {

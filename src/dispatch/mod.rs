@@ -37,6 +37,7 @@ mod backoff;
 mod circuit;
 mod decide;
 mod expiry;
+mod file_body;
 mod pacer;
 mod quiet;
 mod request;

@@ -5,7 +5,7 @@
 //! `sentry_timestamp` in its auth header, and an envelope's `sent_at`, which means decoding and
 //! compressing the body again. Otherwise a body goes out exactly as the spool holds it whenever it
 //! was stored the way this upstream wants it. Large bodies are decoded and compressed on the
-//! blocking pool, off the runtime thread.
+//! blocking pool, off the runtime thread; a body in a file is sent from it (see `file_body`).
 
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use bytes::Bytes;
 use crate::codec::{algorithm_for, compress, Encoding, OFFLOAD_BYTES};
 use crate::protocol::{rewrite, Endpoint};
 use crate::routing::UpstreamUrl;
-use crate::spool::Record;
-use crate::upstream::Request;
+use crate::spool::{Body, Record};
+use crate::upstream::{self, Request};
 
 /// Why a record cannot become a request (it never will: the caller drops it as rejected).
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +45,22 @@ pub(super) async fn build(
     compression: Compression,
     elapsed: Duration,
 ) -> Result<Request, RequestError> {
-    let prepared = if record.body.len() > OFFLOAD_BYTES {
-        // Decoding and compressing a large body stays off the runtime thread.
-        let owned = record.clone();
-        tokio::task::spawn_blocking(move || payload(&owned, compression, elapsed))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-    } else {
-        payload(record, compression, elapsed)
+    let joined = |e: tokio::task::JoinError| Err(std::io::Error::other(e.to_string()));
+    let prepared = match &record.body {
+        // Opening, and any decoding and compressing, stay off the runtime thread.
+        Body::File(file) => {
+            let (owned, file) = (record.clone(), file.clone());
+            tokio::task::spawn_blocking(move || super::file_body::prepare(&owned, &file, compression, elapsed))
+                .await
+                .unwrap_or_else(joined)
+        }
+        Body::Mem(b) if b.len() > OFFLOAD_BYTES => {
+            let owned = record.clone();
+            tokio::task::spawn_blocking(move || payload(&owned, compression, elapsed).map(|(b, e)| (b.into(), e)))
+                .await
+                .unwrap_or_else(joined)
+        }
+        Body::Mem(_) => payload(record, compression, elapsed).map(|(b, e)| (upstream::Body::Bytes(b), e)),
     };
     let (body, encoding) = prepared.map_err(RequestError::Body)?;
     let uri = http::Uri::try_from(format!("{}{}", base.as_str(), record.path_and_query))?;
@@ -76,6 +84,7 @@ pub(super) async fn build(
 /// rewritten and compressed again.
 fn payload(record: &Record, compression: Compression, elapsed: Duration) -> std::io::Result<(Bytes, Encoding)> {
     let Compression { encoding: setting, level } = compression;
+    let body = record.body.bytes().ok_or_else(|| std::io::Error::other("the body is a file"))?;
     let is_envelope = matches!(record.endpoint, Endpoint::Envelope | Endpoint::Tunnel);
     if is_envelope && elapsed >= rewrite::MIN_SHIFT {
         let raw = record.decoded_body()?;
@@ -88,9 +97,9 @@ fn payload(record: &Record, compression: Compression, elapsed: Duration) -> std:
     let wanted = algorithm_for(setting, record.decoded_len().unwrap_or(usize::MAX));
     match record.encoding {
         // Ingest tried and it did not shrink.
-        Encoding::Identity if record.incompressible => Ok((record.body.clone(), Encoding::Identity)),
-        Encoding::Identity => Ok(compress(&record.body, setting, level)),
-        stored if stored == wanted => Ok((record.body.clone(), stored)),
+        Encoding::Identity if record.incompressible => Ok((body.clone(), Encoding::Identity)),
+        Encoding::Identity => Ok(compress(body, setting, level)),
+        stored if stored == wanted => Ok((body.clone(), stored)),
         // Stored for another setting (the configuration changed across a restart).
         _ => Ok(compress(&record.decoded_body()?, setting, level)),
     }
@@ -107,6 +116,18 @@ mod tests {
 
     fn setting(encoding: Encoding) -> Compression {
         Compression { encoding, level: 1 }
+    }
+
+    /// The bytes of a request body, read from its file if it is one.
+    pub(crate) fn bytes(b: upstream::Body) -> Bytes {
+        match b {
+            upstream::Body::Bytes(b) => b,
+            upstream::Body::File { mut file, len } => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, len), &mut out).unwrap();
+                Bytes::from(out)
+            }
+        }
     }
 
     fn base() -> UpstreamUrl {
@@ -126,7 +147,7 @@ mod tests {
         assert_eq!((&out[..], enc), (&json[..], Encoding::Identity));
         // Stored gzip for a gzip upstream: the stored bytes.
         let (gz, _) = compress(&Bytes::from_static(json), Encoding::Gzip, 1);
-        let stored = Record { body: gz.clone(), ..record(b"", Encoding::Gzip, false) };
+        let stored = Record { body: gz.clone().into(), ..record(b"", Encoding::Gzip, false) };
         let (out, enc) = payload(&stored, gzip, fresh).unwrap();
         assert_eq!((out, enc), (gz.clone(), Encoding::Gzip));
         // Stored gzip for an upstream without compression: decoded.
@@ -139,7 +160,7 @@ mod tests {
         let (gz_large, enc) = compress(&large, Encoding::Zstd, 1);
         assert_eq!(enc, Encoding::Zstd, "ingest stores large bodies as zstd");
         let (gz_large_stored, _) = compress(&large, Encoding::Gzip, 1);
-        let stored = Record { body: gz_large_stored, ..record(b"", Encoding::Gzip, false) };
+        let stored = Record { body: gz_large_stored.into(), ..record(b"", Encoding::Gzip, false) };
         let (out, enc) = payload(&stored, setting(Encoding::Zstd), fresh).unwrap();
         assert_eq!((out, enc), (gz_large, Encoding::Zstd), "stored gzip from a gzip setting, sent as zstd");
     }
@@ -149,12 +170,12 @@ mod tests {
         let env = b"{\"sent_at\":\"2026-11-26T04:48:54Z\"}\n{\"type\":\"event\"}\n{\"message\":\"hello hello hello hello hello hello hello hello\"}\n";
         let (gz, enc) = compress(&Bytes::from_static(env), Encoding::Gzip, 1);
         assert_eq!(enc, Encoding::Gzip);
-        let stored = Record { body: gz.clone(), ..record(b"", Encoding::Gzip, false) };
+        let stored = Record { body: gz.clone().into(), ..record(b"", Encoding::Gzip, false) };
         let fresh = build(&stored, &base(), setting(Encoding::Gzip), Duration::from_millis(900)).await.unwrap();
-        assert_eq!((fresh.body, fresh.encoding), (gz, Encoding::Gzip), "under a second: as stored");
+        assert_eq!((bytes(fresh.body), fresh.encoding), (gz, Encoding::Gzip), "under a second: as stored");
         let req = build(&stored, &base(), setting(Encoding::Gzip), Duration::from_secs(90)).await.unwrap();
         assert_eq!(req.encoding, Encoding::Gzip);
-        let sent = Encoding::Gzip.decode(&req.body, 1 << 20).unwrap();
+        let sent = Encoding::Gzip.decode(&bytes(req.body), 1 << 20).unwrap();
         let want = std::str::from_utf8(env).unwrap().replace("04:48:54", "04:50:24");
         assert_eq!(&sent[..], want.as_bytes(), "sent_at moved by 90 s, the items as they were");
     }
@@ -177,7 +198,7 @@ mod tests {
         assert_eq!(req.uri, "https://o1.ingest.example.com/api/1/store/?x=1");
         assert_eq!(req.headers["x-sentry-auth"], "Sentry sentry_timestamp=105.000000, sentry_key=k");
         assert_eq!(req.headers["user-agent"], "sdk/1");
-        assert_eq!((&req.body[..], req.encoding), (&b"{}"[..], Encoding::Identity));
+        assert_eq!((&bytes(req.body)[..], req.encoding), (&b"{}"[..], Encoding::Identity));
         // Envelopes keep their auth header as it is: their time is in `sent_at`.
         let env = Record { endpoint: Endpoint::Envelope, ..store };
         let req = build(&env, &base(), setting(Encoding::Gzip), Duration::from_secs(5)).await.unwrap();
@@ -191,7 +212,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(req.encoding, Encoding::Gzip);
-        assert_eq!(Encoding::Gzip.decode(&req.body, 1 << 24).unwrap(), large);
+        assert_eq!(Encoding::Gzip.decode(&bytes(req.body), 1 << 24).unwrap(), large);
         let broken = record(b"not gzip", Encoding::Gzip, false);
         let err = build(&broken, &base(), setting(Encoding::Identity), Duration::ZERO).await.unwrap_err();
         assert!(err.to_string().starts_with("stored body cannot be decoded: "), "{err}");

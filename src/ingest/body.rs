@@ -83,10 +83,89 @@ pub async fn read(
     budget: &Budget,
     hold: &mut Hold,
 ) -> Result<Bytes, BodyError> {
+    match read_or_stream(body, content_length, limit, pace, budget, hold, usize::MAX).await? {
+        Read::Whole(b) => Ok(b),
+        Read::Large { .. } => Err(BodyError::TooLarge(limit)),
+    }
+}
+
+/// A body read whole, or one too large to hold: what came of it so far and the rest, to be
+/// streamed to a file.
+#[derive(Debug)]
+pub enum Read {
+    /// The whole body.
+    Whole(Bytes),
+    /// Over the streaming threshold: the first bytes (paid for in the request's hold) and the
+    /// rest of the body.
+    Large {
+        /// Bytes read already (empty when the `Content-Length` said so at once).
+        prefix: Bytes,
+        /// The rest.
+        rest: Rest,
+    },
+}
+
+/// The rest of a body, read piece by piece under the wire limit and the pace.
+#[derive(Debug)]
+pub struct Rest {
+    body: Incoming,
+    started: Instant,
+    total: usize,
+    limit: usize,
+    pace: Pace,
+}
+
+impl Rest {
+    /// The next piece, `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            let frame = match tokio::time::timeout(self.pace.stall, self.body.frame()).await {
+                Err(_) => {
+                    return Err(BodyError::Timeout(format!("no data for {} s", self.pace.stall.as_secs_f32())));
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            self.total += data.len();
+            if self.total > self.limit {
+                return Err(BodyError::TooLarge(self.limit));
+            }
+            let elapsed = self.started.elapsed();
+            if elapsed > self.pace.stall && (self.total as f64) < self.pace.min_rate as f64 * elapsed.as_secs_f64() {
+                return Err(BodyError::Timeout(format!(
+                    "{} bytes in {:.1} s is below {} bytes/s",
+                    self.total,
+                    elapsed.as_secs_f64(),
+                    self.pace.min_rate
+                )));
+            }
+            return Ok(Some(data));
+        }
+    }
+}
+
+/// Reads the body like [`read`], unless it is larger than `stream_above` (by its
+/// `Content-Length`, at once, or, without one, once that much has come): then hands back what
+/// came and the rest, to be streamed.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_or_stream(
+    body: Incoming,
+    content_length: Option<u64>,
+    limit: usize,
+    pace: Pace,
+    budget: &Budget,
+    hold: &mut Hold,
+    stream_above: usize,
+) -> Result<Read, BodyError> {
     if content_length.is_some_and(|l| l > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
-    let mut body = body;
+    let mut rest = Rest { body, started: Instant::now(), total: 0, limit, pace };
+    if content_length.is_some_and(|l| l > stream_above as u64) {
+        return Ok(Read::Large { prefix: Bytes::new(), rest });
+    }
     // A large body with a length is admitted whole or not at all: paying piece by piece, many
     // large uploads would each get part of the budget and all stall, none finishing.
     let mut paid = 0usize;
@@ -95,54 +174,41 @@ pub async fn read(
         budget.take(hold, len, false).await?;
         paid = len;
     }
-    let started = Instant::now();
     // The first piece is kept as it came (no copy) unless another follows.
     let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut total = 0usize;
-    loop {
-        let frame = match tokio::time::timeout(pace.stall, body.frame()).await {
-            Err(_) => {
-                return Err(BodyError::Timeout(format!("no data for {} s", pace.stall.as_secs_f32())));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
-            Ok(Some(Ok(f))) => f,
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        total += data.len();
-        if total > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
+    let mut more: Option<BytesMut> = None;
+    while let Some(data) = rest.next().await? {
+        let total = rest.total;
         if total > paid {
             budget.take(hold, total - paid, is_small(content_length, total)).await?;
             paid = total;
         }
-        let elapsed = started.elapsed();
-        if elapsed > pace.stall && (total as f64) < pace.min_rate as f64 * elapsed.as_secs_f64() {
-            return Err(BodyError::Timeout(format!(
-                "{total} bytes in {:.1} s is below {} bytes/s",
-                elapsed.as_secs_f64(),
-                pace.min_rate
-            )));
-        }
-        match (&mut first, &mut rest) {
+        match (&mut first, &mut more) {
             (None, None) => first = Some(data),
             (Some(f), None) => {
-                let mut buf = BytesMut::with_capacity(content_length.map_or(f.len() + data.len(), |l| l as usize));
+                let cap = content_length.map_or(f.len() + data.len(), |l| l as usize);
+                let mut buf = BytesMut::with_capacity(cap);
                 buf.extend_from_slice(f);
                 buf.extend_from_slice(&data);
                 first = None;
-                rest = Some(buf);
+                more = Some(buf);
             }
             (_, Some(buf)) => buf.extend_from_slice(&data),
         }
+        if total > stream_above {
+            let prefix = match (first, more) {
+                (_, Some(buf)) => buf.freeze(),
+                (Some(f), None) => f,
+                (None, None) => Bytes::new(),
+            };
+            return Ok(Read::Large { prefix, rest });
+        }
     }
-    Ok(match (first, rest) {
+    Ok(Read::Whole(match (first, more) {
         (_, Some(buf)) => buf.freeze(),
         (Some(f), None) => f,
         (None, None) => Bytes::new(),
-    })
+    }))
 }
 
 /// Decodes `body` per a `Content-Encoding` value, producing at most `limit` bytes, on `pool`
@@ -159,24 +225,26 @@ pub async fn decode(
 }
 
 /// [`decode`], with the decoded bytes paid for from `budget` into `hold` (the wire bytes stay
-/// held too: both are in memory until the request is done).
+/// held too: both are in memory until the request is done). The wire bytes are handed back when
+/// the decoded ones would pass `limit`, to be decoded another way (into a file).
 pub async fn decode_within(
     pool: &DecodePool,
-    encoding: Option<String>,
+    codings: Vec<String>,
     body: Bytes,
     limit: usize,
     budget: &Budget,
     hold: &mut Hold,
-) -> Result<Bytes, BodyError> {
-    let Some(enc) = encoding else { return Ok(body) };
-    let codings = codec::codings(&enc)?;
+) -> Result<Result<Bytes, Bytes>, BodyError> {
     // A body without a coding is the same buffer, paid for already.
     if codings.is_empty() {
-        return Ok(body);
+        return Ok(Ok(body));
     }
-    let decoded = pool.decode(codings, body, limit).await?;
+    let decoded = match pool.decode_keeping(codings, body, limit).await {
+        (Err(DecodeError::TooLarge(_)), Some(wire)) => return Ok(Err(wire)),
+        (out, _) => out?,
+    };
     budget.take(hold, decoded.len(), is_small(Some(decoded.len() as u64), 0)).await?;
-    Ok(decoded)
+    Ok(Ok(decoded))
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@
 pub mod body;
 pub mod budget;
 mod forward;
+mod payload;
 mod refusal;
 pub mod route;
+pub mod stream;
 
 pub use forward::{Answer, Forward, ForwardError, Forwarding, Passthrough};
 
@@ -34,16 +36,18 @@ use metrics::counter;
 
 use crate::clock::now_ms;
 use crate::codec::{self, DecodePool, Encoding};
-use crate::config::Config;
+use crate::config::{Config, FullPolicy};
 use crate::http::{response, Handler};
 use crate::limits::{RateLimits, Scoping};
-use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Endpoint, Envelope};
+use crate::protocol::{store, Auth, AuthError, Categories, DataCategory, Dsn, Endpoint, Envelope, EnvelopeFacts};
 use crate::routing::{Routes, Target};
-use crate::spool::{Record, Spool};
+use crate::spool::{Body, Record, Spool};
 use crate::telemetry as t;
 use body::Pace;
 use budget::{Budget, Hold};
+use payload::Payload;
 pub use refusal::Refusal;
+use stream::DiskGauge;
 
 /// How long a request waits for memory budget before it is refused as overloaded.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
@@ -65,6 +69,8 @@ pub struct Ingest {
     forward: Option<Arc<dyn Forward>>,
     decoders: DecodePool,
     budget: Budget,
+    /// Body files being streamed, against the spool's byte bound.
+    disk: Arc<DiskGauge>,
 }
 
 impl Ingest {
@@ -78,7 +84,11 @@ impl Ingest {
         forward: Option<Arc<dyn Forward>>,
     ) -> Ingest {
         let budget = Budget::new(cfg.max_inflight_bytes, BUDGET_WAIT);
-        Ingest { cfg, routes, spool, limits, forward, decoders: DecodePool::sized_for_host(), budget }
+        // With drop-oldest the spool makes room for what comes; with reject-new it refuses once
+        // full, so the files being written count on top of what it holds.
+        let holds = (cfg.spool_full_policy == FullPolicy::RejectNew).then(|| spool.clone());
+        let disk = Arc::new(DiskGauge::new(cfg.spool_max_bytes, holds));
+        Ingest { cfg, routes, spool, limits, forward, decoders: DecodePool::sized_for_host(), budget, disk }
     }
 
     async fn route(
@@ -143,19 +153,31 @@ impl Ingest {
         if let Some(k) = &path_key {
             agree(&mut key, "the path", k)?;
         }
-        // Held until the answer: the body (wire and decoded) is in memory that long.
+        // Held until the answer: the body (wire and decoded) is in memory that long; a body
+        // streamed to a file holds only what its pipeline paid for.
         let mut hold = Hold::default();
-        let body = self.read_body(&parts.headers, incoming, &mut hold).await?;
+        let payload = self.read_payload(&parts.headers, incoming, endpoint, &mut hold).await?;
 
         let mut headers = kept_headers(&parts.headers);
         let mut event_id = None;
         let mut item_types = Vec::new();
         let mut categories = Categories::EMPTY;
         let mut envelope_key = None;
-        let body = match endpoint {
-            Endpoint::Envelope => {
-                let env = Envelope::parse(body)?;
-                match env.dsn.as_deref().map(Dsn::parse) {
+        let mut encoding = Encoding::Identity;
+        let mut decoded_len = None;
+        let body = match (endpoint, payload) {
+            (Endpoint::Envelope, payload) => {
+                let (facts, body) = match payload {
+                    Payload::Mem(b) => {
+                        let (facts, bytes) = EnvelopeFacts::from_parsed(Envelope::parse(b)?);
+                        (facts, Body::Mem(bytes))
+                    }
+                    Payload::File(s) => {
+                        (encoding, decoded_len) = (s.encoding, Some(s.decoded_len));
+                        (s.facts.ok_or_else(unvalidated)?, Body::File(Arc::new(s.file)))
+                    }
+                };
+                match facts.dsn.as_deref().map(Dsn::parse) {
                     Some(Ok(dsn)) => {
                         agree(&mut key, "the envelope's dsn", &dsn.public_key)?;
                         envelope_key = Some(dsn.public_key);
@@ -164,12 +186,13 @@ impl Ingest {
                     Some(Err(e)) if key.is_none() => return Err(e.into()),
                     _ => {}
                 }
-                event_id = env.event_id.clone();
-                categories = env.categories();
-                item_types = env.items.iter().map(|i| i.ty.name().to_owned()).collect();
-                env.bytes
+                event_id = facts.event_id;
+                categories = facts.categories;
+                item_types = facts.item_types;
+                body
             }
-            Endpoint::Store => {
+            (Endpoint::Store, payload) => {
+                let Payload::Mem(body) = payload else { return Err(unvalidated()) };
                 let ev = store::decode(body, MAX_STORE_EVENT).map_err(|e| match e {
                     store::StoreError::TooLarge(_) => {
                         Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
@@ -182,9 +205,9 @@ impl Ingest {
                 // The body may have been base64 or octet-stream; it is JSON now.
                 headers.retain(|(k, _)| k != CONTENT_TYPE);
                 headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
-                ev.json
+                Body::Mem(ev.json)
             }
-            other => {
+            (other, payload) => {
                 let (cat, ty) = match other {
                     Endpoint::Minidump => (Some(DataCategory::Error), "minidump"),
                     Endpoint::Unreal => (Some(DataCategory::Error), "unreal_report"),
@@ -198,7 +221,13 @@ impl Ingest {
                     categories.insert(c);
                 }
                 item_types.push(ty.to_owned());
-                body
+                match payload {
+                    Payload::Mem(b) => Body::Mem(b),
+                    Payload::File(s) => {
+                        (encoding, decoded_len) = (s.encoding, Some(s.decoded_len));
+                        Body::File(Arc::new(s.file))
+                    }
+                }
             }
         };
         let public_key = match (auth, envelope_key, path_key) {
@@ -217,7 +246,7 @@ impl Ingest {
             path_and_query,
             headers,
             body,
-            encoding: Encoding::Identity,
+            encoding,
             incompressible: false,
             project_id,
             public_key,
@@ -226,20 +255,25 @@ impl Ingest {
             item_types,
             received_ms: now_ms(),
         };
-        self.append(record).await
+        self.append(record, decoded_len).await
     }
 
-    async fn append(&self, mut record: Record) -> Result<Response<Full<Bytes>>, Refusal> {
+    /// Compresses `record` for the upstream (unless it was streamed to a file, compressed on the
+    /// way), appends it and answers; `decoded_len` is a file body's decoded size, for the metric
+    /// of accepted bytes (which counts bytes as the SDK sent them, decoded).
+    async fn append(&self, mut record: Record, decoded_len: Option<u64>) -> Result<Response<Full<Bytes>>, Refusal> {
         if self.cfg.answer_429 {
             self.check_rate_limit(&record)?;
         }
         let endpoint = record.endpoint;
-        let bytes = record.body.len() as u64;
+        let bytes = decoded_len.unwrap_or(record.body.len() as u64);
         let event_id = record.event_id.clone();
         // Compressed once, here, for the upstream: the spool then writes (and dispatch sends)
-        // about half the bytes. Captured records stay as they came, to be written readable.
-        if matches!(record.target, Target::Upstream(_)) {
-            let (algo, level, raw) = (self.cfg.compression, self.cfg.gzip_level, record.body.clone());
+        // about half the bytes. Captured records stay as they came, to be written readable. A
+        // body streamed to a file was compressed on its way there.
+        let raw = record.body.bytes().cloned();
+        if let (Target::Upstream(_), Some(raw)) = (&record.target, raw) {
+            let (algo, level) = (self.cfg.compression, self.cfg.gzip_level);
             // Large bodies (attachments, minidumps) are compressed off the runtime thread, which
             // serves every other connection meanwhile.
             let (body, enc) = if raw.len() > codec::OFFLOAD_BYTES {
@@ -251,33 +285,19 @@ impl Ingest {
             };
             match enc {
                 Encoding::Identity => record.incompressible = algo != Encoding::Identity,
-                enc => (record.body, record.encoding) = (body, enc),
+                enc => (record.body, record.encoding) = (Body::Mem(body), enc),
             }
         }
-        if record.encoding == Encoding::Identity && record.body.len() <= COPY_BODY_MAX {
-            record.body = Bytes::copy_from_slice(&record.body);
+        if let Some(b) = record.body.bytes().filter(|b| b.len() <= COPY_BODY_MAX) {
+            if record.encoding == Encoding::Identity {
+                record.body = Body::Mem(Bytes::copy_from_slice(b));
+            }
         }
         self.spool.append(vec![record]).await?;
         let hot = t::hot();
         hot.accepted(endpoint).increment(1);
         hot.accepted_bytes(endpoint).increment(bytes);
         Ok(response::accepted(event_id.as_deref()))
-    }
-
-    async fn read_body(&self, headers: &HeaderMap, incoming: Incoming, hold: &mut Hold) -> Result<Bytes, Refusal> {
-        let content_length =
-            headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-        let pace = Pace { stall: self.cfg.body_read_timeout, min_rate: self.cfg.body_min_rate };
-        let raw = body::read(incoming, content_length, self.cfg.max_request_bytes, pace, &self.budget, hold).await?;
-        let encoding = match headers.get(CONTENT_ENCODING) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "encoding", "invalid Content-Encoding header"))?
-                    .to_owned(),
-            ),
-        };
-        Ok(body::decode_within(&self.decoders, encoding, raw, self.cfg.max_decoded_bytes, &self.budget, hold).await?)
     }
 
     /// An `/api/{id}/...` path the sidecar does not know: sent to the upstream now, its answer
@@ -355,8 +375,18 @@ impl Ingest {
         }
         let (parts, incoming) = req.into_parts();
         let mut hold = Hold::default();
-        let body = self.read_body(&parts.headers, incoming, &mut hold).await?;
-        let env = Envelope::parse(body)?;
+        let payload = self.read_payload(&parts.headers, incoming, Endpoint::Tunnel, &mut hold).await?;
+        let mut decoded_len = None;
+        let (env, body, encoding) = match payload {
+            Payload::Mem(b) => {
+                let (facts, bytes) = EnvelopeFacts::from_parsed(Envelope::parse(b)?);
+                (facts, Body::Mem(bytes), Encoding::Identity)
+            }
+            Payload::File(s) => {
+                decoded_len = Some(s.decoded_len);
+                (s.facts.ok_or_else(unvalidated)?, Body::File(Arc::new(s.file)), s.encoding)
+            }
+        };
         let dsn_str = env
             .dsn
             .as_deref()
@@ -402,15 +432,20 @@ impl Ingest {
             project_id: dsn.project_id,
             public_key: dsn.public_key,
             event_id: env.event_id.clone(),
-            categories: env.categories(),
-            item_types: env.items.iter().map(|i| i.ty.name().to_owned()).collect(),
-            body: env.bytes,
-            encoding: Encoding::Identity,
+            categories: env.categories,
+            item_types: env.item_types,
+            body,
+            encoding,
             incompressible: false,
             received_ms: now_ms(),
         };
-        self.append(record).await
+        self.append(record, decoded_len).await
     }
+}
+
+/// A streamed envelope always has its facts; should one not, it is refused rather than stored.
+fn unvalidated() -> Refusal {
+    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the body was not validated")
 }
 
 /// The credentials of the headers and the query, with where they came from: every

@@ -7,6 +7,7 @@ use http::StatusCode;
 use super::body::BodyError;
 use super::budget::Overloaded;
 use super::forward::ForwardError;
+use super::stream::StreamError;
 use crate::protocol::{AuthError, EnvelopeError};
 use crate::spool::SpoolError;
 
@@ -51,6 +52,16 @@ impl From<BodyError> for Refusal {
             }
         };
         Refusal::new(status, reason, e.to_string())
+    }
+}
+
+impl From<StreamError> for Refusal {
+    fn from(e: StreamError) -> Refusal {
+        match e {
+            StreamError::Body(e) => e.into(),
+            StreamError::Envelope(e) => e.into(),
+            StreamError::Spool(e) => e.into(),
+        }
     }
 }
 

@@ -81,7 +81,7 @@ macro_rules! item_types {
         }
 
         impl ItemType {
-            fn from_name(s: &str) -> ItemType {
+            pub(super) fn from_name(s: &str) -> ItemType {
                 match s { $($name => ItemType::$variant,)* other => ItemType::Other(other.into()) }
             }
 
@@ -90,17 +90,17 @@ macro_rules! item_types {
                 match self { $(ItemType::$variant => $name,)* ItemType::Other(s) => s }
             }
 
-            fn static_name(&self) -> &'static str {
+            pub(super) fn static_name(&self) -> &'static str {
                 match self { $(ItemType::$variant => $name,)* ItemType::Other(_) => "other" }
             }
 
             /// Whether Sentry accepts at most one item of this type per envelope.
-            fn only_once(&self) -> bool {
+            pub(super) fn only_once(&self) -> bool {
                 match self { $(ItemType::$variant => $once,)* ItemType::Other(_) => false }
             }
 
             /// Sentry's size limit for one item of this type, in bytes.
-            fn size_limit(&self) -> Option<usize> {
+            pub(super) fn size_limit(&self) -> Option<usize> {
                 match self { $(ItemType::$variant => $limit,)* ItemType::Other(_) => None }
             }
         }
@@ -169,30 +169,30 @@ pub struct Envelope {
 }
 
 #[derive(Deserialize)]
-struct RawHeader<'a> {
+pub(super) struct RawHeader<'a> {
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    pub(super) event_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    dsn: Option<Cow<'a, str>>,
+    pub(super) dsn: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    sent_at: Option<Cow<'a, str>>,
+    pub(super) sent_at: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct RawItemHeader<'a> {
+pub(super) struct RawItemHeader<'a> {
     #[serde(borrow, rename = "type")]
-    ty: Cow<'a, str>,
+    pub(super) ty: Cow<'a, str>,
     #[serde(default)]
-    length: Option<u64>,
+    pub(super) length: Option<u64>,
     #[serde(borrow, default)]
-    platform: Option<Cow<'a, str>>,
+    pub(super) platform: Option<Cow<'a, str>>,
 }
 
 fn line_end(buf: &[u8], from: usize) -> usize {
     buf[from..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| from + i)
 }
 
-fn is_json_object(line: &[u8]) -> bool {
+pub(super) fn is_json_object(line: &[u8]) -> bool {
     line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 

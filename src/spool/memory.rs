@@ -172,7 +172,10 @@ mod tests {
         s.append(vec![rec(b"a"), rec(b"bb"), rec(b"ccc")]).await.unwrap();
         assert_eq!((s.len(), s.bytes()), (3, 6));
         let batch = s.read_batch(2, usize::MAX, 0).await.unwrap();
-        assert_eq!(batch.iter().map(|q| &q.record.body[..]).collect::<Vec<_>>(), [b"a".as_ref(), b"bb"]);
+        assert_eq!(
+            batch.iter().map(|q| &q.record.body.bytes().unwrap()[..]).collect::<Vec<_>>(),
+            [b"a".as_ref(), b"bb"]
+        );
         // Leased records are not handed out twice.
         let rest = s.read_batch(10, usize::MAX, 0).await.unwrap();
         assert_eq!(rest.len(), 1);

@@ -9,6 +9,7 @@
 //! The trait is object-safe (boxed futures) so the durable SQLite store and the in-memory one used
 //! by tests are interchangeable behind `Arc<dyn Spool>`.
 
+mod body;
 mod lock;
 mod memory;
 mod record;
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use body::{remove_parts, Body, BodyFile, TempBody};
 pub use lock::{LockError, SpoolLock};
 pub use memory::MemorySpool;
 pub use record::{Queued, Record};

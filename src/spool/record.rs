@@ -1,8 +1,11 @@
 //! What ingest stores for each accepted request: enough to rebuild the upstream request later, in
 //! another process if need be, without re-parsing the body.
 
+use std::io::Read;
+
 use bytes::Bytes;
 
+use super::Body;
 use crate::codec::{self, Encoding};
 use crate::protocol::{Categories, Endpoint};
 use crate::routing::Target;
@@ -23,8 +26,9 @@ pub struct Record {
     pub path_and_query: String,
     /// Headers to send upstream as they came in (auth, content type, user agent, ...).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// The body after content decoding, stored as `encoding` says.
-    pub body: Bytes,
+    /// The body after content decoding, stored as `encoding` says: in memory, or (large ones) in
+    /// a file under the spool's `bodies/`.
+    pub body: Body,
     /// How `body` is stored: as the SDK sent it (after content decoding), or already compressed
     /// for the upstream at ingest, so that the spool writes half the bytes and dispatch sends them
     /// as they are.
@@ -56,7 +60,7 @@ impl Record {
             method: http::Method::POST,
             path_and_query: "/api/1/envelope/".into(),
             headers: vec![],
-            body: Bytes::from_static(body),
+            body: Body::Mem(Bytes::from_static(body)),
             encoding: Encoding::Identity,
             incompressible: false,
             project_id: 1,
@@ -69,19 +73,31 @@ impl Record {
     }
 
     /// The size of the body as the SDK sent it (after content decoding), where it is known
-    /// without decoding: stored as it came, or gzip (the trailer says); `None` for zstd.
+    /// without decoding: stored as it came, or gzip in memory (the trailer says); `None` for zstd
+    /// and for a compressed file (always larger than any size rule cares about).
     pub fn decoded_len(&self) -> Option<usize> {
-        match self.encoding {
-            Encoding::Identity => Some(self.body.len()),
-            Encoding::Gzip => codec::gzip_isize(&self.body),
-            Encoding::Zstd => None,
+        match (self.encoding, &self.body) {
+            (Encoding::Identity, b) => Some(b.len()),
+            (Encoding::Gzip, Body::Mem(b)) => codec::gzip_isize(b),
+            _ => None,
         }
     }
 
     /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
     /// compressed.
+    /// A file body is read whole here: only the capture log (a local development sink) asks.
     pub fn decoded_body(&self) -> std::io::Result<Bytes> {
-        self.encoding.decode(&self.body, MAX_DECODED).map_err(std::io::Error::other)
+        match &self.body {
+            Body::Mem(b) => self.encoding.decode(b, MAX_DECODED).map_err(std::io::Error::other),
+            Body::File(f) => {
+                let codings: Vec<String> = self.encoding.content_encoding().map(str::to_owned).into_iter().collect();
+                let (_, mut reader) =
+                    codec::decode_stream(&codings, Box::new(f.open()?)).map_err(std::io::Error::other)?;
+                let mut out = Vec::new();
+                (&mut reader).take(MAX_DECODED as u64).read_to_end(&mut out)?;
+                Ok(Bytes::from(out))
+            }
+        }
     }
 
     /// How the body's storage is written in the spool (`None` for identity, not tried).
@@ -121,9 +137,9 @@ mod tests {
         let body = Bytes::from(vec![b'a'; 70_000]);
         let (gz, enc) = codec::compress(&body, Encoding::Gzip, 1);
         assert_eq!(enc, Encoding::Gzip);
-        let stored = Record { body: gz, encoding: Encoding::Gzip, ..Record::for_test(b"", 0) };
+        let stored = Record { body: gz.into(), encoding: Encoding::Gzip, ..Record::for_test(b"", 0) };
         assert_eq!(stored.decoded_len(), Some(70_000));
-        let short = Record { body: Bytes::from_static(b"abc"), ..stored };
+        let short = Record { body: Bytes::from_static(b"abc").into(), ..stored };
         assert_eq!(short.decoded_len(), None);
         assert_eq!(Record::for_test(b"{}", 0).decoded_len(), Some(2));
     }

@@ -174,7 +174,7 @@ fn client_report(
         method: http::Method::POST,
         path_and_query,
         headers,
-        body: Bytes::from(body),
+        body: Bytes::from(body).into(),
         encoding: crate::codec::Encoding::Identity,
         incompressible: false,
         project_id,
@@ -215,7 +215,7 @@ mod tests {
         let r = &reports[0];
         assert_eq!(r.path_and_query, "/api/42/envelope/");
         assert!(r.categories.is_empty());
-        let env = Envelope::parse(r.body.clone()).unwrap();
+        let env = Envelope::parse(r.body.bytes().unwrap().clone()).unwrap();
         assert_eq!(env.items[0].ty.name(), "client_report");
         let v: serde_json::Value = serde_json::from_slice(&env.payload(&env.items[0])).unwrap();
         let ev = v["discarded_events"].as_array().unwrap();

@@ -36,7 +36,10 @@ fn split<T>(items: Vec<T>, id: impl Fn(&T) -> u64) -> (Vec<T>, Vec<T>) {
 impl Spool for TieredSpool {
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SpoolError>> {
         let incoming: u64 = records.iter().map(|r| r.body.len() as u64).sum();
-        if self.mem.bytes() + incoming <= self.mem_limit {
+        // A body in a file is on disk already: its record goes to the disk tier, which takes the
+        // file (the RAM tier's budget is for bodies in memory).
+        let files = records.iter().any(|r| r.body.file().is_some());
+        if !files && self.mem.bytes() + incoming <= self.mem_limit {
             self.mem.append(records)
         } else {
             self.disk.append(records)
@@ -137,5 +140,29 @@ impl Spool for TieredSpool {
             }
             self.disk.close().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::spool::{Body, TempBody};
+
+    /// A body in a file goes to the disk tier (which takes the file), whatever room the RAM tier
+    /// has; bodies in memory stay in RAM.
+    #[tokio::test]
+    async fn file_bodies_go_to_the_disk_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::with_defaults("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+        let s = TieredSpool::open(SqliteOptions::from_config(&cfg), 1 << 20).unwrap();
+        let (temp, mut f) = TempBody::create(&dir.path().join("bodies"), 1).unwrap();
+        f.write_all(b"abc").unwrap();
+        let file = Body::File(Arc::new(temp.finish(3)));
+        s.append(vec![Record { body: file, ..Record::for_test(b"", 1) }]).await.unwrap();
+        s.append(vec![Record::for_test(b"in memory", 1)]).await.unwrap();
+        assert_eq!((s.mem.len(), s.disk.len()), (1, 1));
+        s.close().await;
     }
 }

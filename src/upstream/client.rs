@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use super::classify::{classify, Outcome};
 use super::failure::Failure;
 use super::limit::LimitedConnector;
-use super::request::Request;
+use super::request::{OutBody, Request};
 use crate::config::Config;
 
 /// Why the client could not be built.
@@ -34,7 +34,7 @@ pub enum UpstreamError {
     Tls(#[from] rustls::Error),
 }
 
-type HttpsClient = Client<LimitedConnector<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>;
+type HttpsClient = Client<LimitedConnector<hyper_rustls::HttpsConnector<HttpConnector>>, OutBody>;
 
 /// One attempt's result: the outcome plus what the answer revealed about the connection.
 #[derive(Debug)]
@@ -116,7 +116,7 @@ impl UpstreamClient {
     /// Sends `req` (adding `Content-Encoding` and `Content-Length` from its body), waits at most the
     /// request timeout and classifies the answer. Never panics on network input.
     pub async fn send(&self, req: Request) -> Attempt {
-        let sent_bytes = req.body.len();
+        let sent_bytes = usize::try_from(req.body.len()).unwrap_or(usize::MAX);
         let req = outgoing(req);
         let fut = async {
             let resp = self.client.request(req).await?;
@@ -179,13 +179,13 @@ impl UpstreamClient {
 }
 
 /// The hyper request for `req`, with the framing headers set from its body.
-fn outgoing(req: Request) -> http::Request<Full<Bytes>> {
+fn outgoing(req: Request) -> http::Request<OutBody> {
     let mut headers = req.headers;
     if let Some(enc) = req.encoding.content_encoding() {
         headers.insert(CONTENT_ENCODING, http::HeaderValue::from_static(enc));
     }
     headers.insert(CONTENT_LENGTH, http::HeaderValue::from(req.body.len()));
-    let mut outgoing = http::Request::new(Full::new(req.body));
+    let mut outgoing = http::Request::new(OutBody::from(req.body));
     *outgoing.method_mut() = req.method;
     *outgoing.uri_mut() = req.uri;
     *outgoing.headers_mut() = headers;

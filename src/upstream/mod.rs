@@ -16,4 +16,4 @@ mod request;
 pub use classify::{classify, Outcome};
 pub use client::{Attempt, ExchangeError, UpstreamClient, UpstreamError};
 pub use failure::Failure;
-pub use request::Request;
+pub use request::{Body, OutBody, Request};

@@ -11,6 +11,12 @@ use crate::spool::{Queued, Record};
 /// Body bytes the cache holds at most; the oldest records leave first.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The memory a cached record's body holds: a body in a file holds none (the cache keeps its
+/// record, a few hundred bytes, however large the file).
+fn held(r: &Record) -> usize {
+    r.body.bytes().map_or(0, bytes::Bytes::len)
+}
+
 /// A byte-bounded FIFO of recently appended records, by row id.
 #[derive(Default)]
 pub(super) struct RecordCache {
@@ -23,13 +29,13 @@ pub(super) struct RecordCache {
 impl RecordCache {
     /// Adds a record just appended as row `id`, evicting the oldest beyond [`CACHE_BYTES`].
     pub(super) fn insert(&mut self, id: i64, r: Arc<Record>) {
-        self.bytes += r.body.len();
+        self.bytes += held(&r);
         self.map.insert(id, r);
         self.order.push_back(id);
         while self.bytes > CACHE_BYTES {
             let Some(old) = self.order.pop_front() else { break };
             if let Some(r) = self.map.remove(&old) {
-                self.bytes -= r.body.len();
+                self.bytes -= held(&r);
             }
         }
         // Ids taken one by one (acks, reads by id) leave stale entries in `order`; compact it
@@ -43,7 +49,7 @@ impl RecordCache {
     /// Takes row `id`'s record out, if the cache still holds it.
     pub(super) fn take(&mut self, id: i64) -> Option<Arc<Record>> {
         let r = self.map.remove(&id)?;
-        self.bytes -= r.body.len();
+        self.bytes -= held(&r);
         Some(r)
     }
 
@@ -87,7 +93,7 @@ mod tests {
     use bytes::Bytes;
 
     fn rec(len: usize) -> Arc<Record> {
-        Arc::new(Record { body: Bytes::from(vec![b'x'; len]), ..Record::for_test(b"", 1) })
+        Arc::new(Record { body: Bytes::from(vec![b'x'; len]).into(), ..Record::for_test(b"", 1) })
     }
 
     fn ids(q: &[Queued]) -> Vec<u64> {

@@ -112,6 +112,8 @@ impl SqliteSpool {
     /// Like [`SqliteSpool::open`], waking `notify` on appends and reschedules.
     pub fn open_with_notify(opts: SqliteOptions, notify: Arc<Notify>) -> Result<SqliteSpool, SpoolError> {
         std::fs::create_dir_all(opts.dir.join("bodies"))?;
+        // Uploads a previous process was streaming when it stopped belong to no row.
+        super::remove_parts(&opts.dir);
         let flusher = wal::Flusher::start(&opts)?;
         let waker = flusher.as_ref().and_then(wal::Flusher::waker);
         let (dir, clock) = (opts.dir.clone(), opts.clock);

@@ -13,11 +13,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::cache::RecordCache;
 use super::db::Db;
-use super::rows::{body_path, decode_row, encode_meta, map_row, target_text, write_body_file, Row, ROW_COLUMNS};
+use super::rows::{
+    body_file_name, body_path, decode_row, encode_meta, map_row, target_text, write_body_file, Row, ROW_COLUMNS,
+};
 use super::SqliteOptions;
 use crate::config::{DeliveryOrder, FullPolicy};
 use crate::spool::report::{DropReason, Dropped};
-use crate::spool::{Queued, Record, Reschedule, SpoolError};
+use crate::spool::{Body, Queued, Record, Reschedule, SpoolError};
 
 /// Side effects of a transaction, applied only once it committed (or undone if it did not).
 #[derive(Default)]
@@ -119,13 +121,21 @@ pub(super) fn insert_all<R: std::borrow::Borrow<Record>>(
     for r in records {
         let r: &Record = r.borrow();
         let meta = encode_meta(r);
-        let (inline, file): (Option<&[u8]>, Option<String>) = if r.body.len() > opts.inline_limit {
-            let (name, path) = write_body_file(&opts.dir, now, seq, &r.body)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            p.written.push(path);
-            (None, Some(name))
-        } else {
-            (Some(&r.body[..]), None)
+        let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+        let (inline, file): (Option<&[u8]>, Option<String>) = match &r.body {
+            // Streamed to a file at ingest: moved into place, never read.
+            Body::File(f) => {
+                let (name, path) = body_file_name(&opts.dir, now, seq);
+                f.adopt(&path).map_err(io)?;
+                p.written.push(path);
+                (None, Some(name))
+            }
+            Body::Mem(b) if b.len() > opts.inline_limit => {
+                let (name, path) = write_body_file(&opts.dir, now, seq, b).map_err(io)?;
+                p.written.push(path);
+                (None, Some(name))
+            }
+            Body::Mem(b) => (Some(&b[..]), None),
         };
         stmt.execute(params![
             r.received_ms as i64,

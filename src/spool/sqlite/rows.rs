@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Categories, Endpoint};
 use crate::routing::{Target, UpstreamUrl};
-use crate::spool::Record;
+use crate::spool::{Body, BodyFile, Record};
 
 /// The meta column as read back.
 #[derive(Serialize, Deserialize)]
@@ -89,11 +89,17 @@ pub(super) fn body_path(dir: &Path, name: &str) -> PathBuf {
 /// Writes a body kept out of the database; returns the file's name and path. Names carry the
 /// time, the process and a per-process sequence, so they do not repeat across restarts.
 pub(super) fn write_body_file(dir: &Path, now: u64, seq: &mut u64, body: &[u8]) -> std::io::Result<(String, PathBuf)> {
+    let (name, path) = body_file_name(dir, now, seq);
+    std::fs::write(&path, body)?;
+    Ok((name, path))
+}
+
+/// The name and path of the next body file.
+pub(super) fn body_file_name(dir: &Path, now: u64, seq: &mut u64) -> (String, PathBuf) {
     *seq += 1;
     let name = format!("{now}-{}-{}.body", std::process::id(), *seq);
     let path = body_path(dir, &name);
-    std::fs::write(&path, body)?;
-    Ok((name, path))
+    (name, path)
 }
 
 /// The columns [`map_row`] reads, in its order.
@@ -133,9 +139,14 @@ pub(super) fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, i64)> {
 pub(super) fn decode_row(dir: &Path, row: Row) -> Option<Record> {
     let meta: Meta = serde_json::from_slice(&row.meta).ok()?;
     let body = match (row.body, &row.body_file) {
-        (Some(b), _) => Bytes::from(b),
-        (None, Some(f)) => Bytes::from(std::fs::read(body_path(dir, f)).ok()?),
-        (None, None) => Bytes::new(),
+        (Some(b), _) => Body::Mem(Bytes::from(b)),
+        // Stays a file (sent from it in pieces); a file that is gone makes the row unreadable.
+        (None, Some(f)) => {
+            let path = body_path(dir, f);
+            let len = std::fs::metadata(&path).ok()?.len();
+            Body::File(std::sync::Arc::new(BodyFile::kept(path, len)))
+        }
+        (None, None) => Body::Mem(Bytes::new()),
     };
     let target =
         if row.target.is_empty() { Target::Capture } else { Target::Upstream(UpstreamUrl::parse(&row.target).ok()?) };
@@ -221,9 +232,9 @@ mod tests {
         r.categories = [DataCategory::Error].into_iter().collect();
         r.item_types = vec!["event".into()];
         let mut seq = 0;
-        let (name, path) = write_body_file(dir.path(), 5, &mut seq, &r.body).unwrap();
+        let (name, path) = write_body_file(dir.path(), 5, &mut seq, r.body.bytes().unwrap()).unwrap();
         assert_eq!((path.clone(), seq), (body_path(dir.path(), &name), 1));
-        for (body, body_file) in [(Some(r.body.to_vec()), None), (None, Some(name.clone()))] {
+        for (body, body_file) in [(Some(r.body.bytes().unwrap().to_vec()), None), (None, Some(name.clone()))] {
             let row = Row {
                 id: 7,
                 received_ms: r.received_ms as i64,
@@ -238,7 +249,14 @@ mod tests {
             assert_eq!(back.target, r.target);
             assert_eq!((back.endpoint, &back.method, &back.path_and_query), (r.endpoint, &r.method, &r.path_and_query));
             assert_eq!(back.headers, r.headers);
-            assert_eq!((&back.body, back.encoding, back.incompressible), (&r.body, r.encoding, r.incompressible));
+            let back_body = match &back.body {
+                Body::Mem(b) => b.clone(),
+                Body::File(f) => Bytes::from(std::fs::read(f.path()).unwrap()),
+            };
+            assert_eq!(
+                (&back_body, back.encoding, back.incompressible),
+                (r.body.bytes().unwrap(), r.encoding, r.incompressible)
+            );
             assert_eq!((back.project_id, &back.public_key, &back.event_id), (r.project_id, &r.public_key, &r.event_id));
             assert_eq!(
                 (back.categories.0, &back.item_types, back.received_ms),

@@ -51,7 +51,7 @@ fn event(body: &'static [u8], at: u64) -> Record {
 }
 
 fn bodies(batch: &[Queued]) -> Vec<&[u8]> {
-    batch.iter().map(|q| &q.record.body[..]).collect()
+    batch.iter().map(|q| &q.record.body.bytes().expect("in memory")[..]).collect()
 }
 
 /// A start in 2001, far in the system clock's past.
@@ -78,7 +78,7 @@ async fn a_record_read_in_its_append_group_is_leased_once() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         for q in s.read_batch(10, usize::MAX, now()).await.unwrap() {
-            seen.push(q.record.body.clone());
+            seen.push(q.record.body.bytes().cloned().unwrap_or_default());
         }
     }
     assert_eq!(seen, [Bytes::from_static(b"x")]);
@@ -199,7 +199,7 @@ async fn disk_bytes_counts_the_database_the_wal_and_body_files() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), DeliveryOrder::OldestFirst);
     let big = Bytes::from(vec![b'x'; 2 << 20]);
-    s.append(vec![rec(b"small"), Record { body: big, ..rec(b"") }]).await.unwrap();
+    s.append(vec![rec(b"small"), Record { body: big.into(), ..rec(b"") }]).await.unwrap();
     let files: u64 =
         ["spool.db", "spool.db-wal"].iter().map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len())).sum();
     let bodies: u64 =
@@ -252,5 +252,45 @@ async fn a_lazy_ack_rides_with_the_next_append_or_goes_after_a_while() {
     s.ack_soon(vec![ids[1]]).await.unwrap();
     assert_eq!(s.len(), 1);
     assert!(started.elapsed() >= super::handoff::LAZY, "alone, it went after the wait");
+    s.close().await;
+}
+
+/// A body streamed to a `.part` file is renamed into place by the append (never read), handed to
+/// dispatch as a file, read back as a file after a restart, and removed with its row's ack.
+#[tokio::test]
+async fn a_file_body_is_taken_by_rename_kept_across_a_restart_and_removed_on_ack() {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use crate::spool::{Body, TempBody};
+    let dir = tempfile::tempdir().unwrap();
+    let bodies_dir = dir.path().join("bodies");
+    let s = open(dir.path(), DeliveryOrder::OldestFirst);
+    let (temp, mut f) = TempBody::create(&bodies_dir, 1).unwrap();
+    f.write_all(b"a body in a file").unwrap();
+    let part = temp.path().to_owned();
+    let file = Arc::new(temp.finish(16));
+    s.append(vec![Record { body: Body::File(file.clone()), ..rec(b"") }]).await.unwrap();
+    assert!(!part.exists(), "renamed, not copied");
+    assert!(file.path().extension().is_some_and(|e| e == "body"));
+    drop(file);
+    assert_eq!(s.bytes(), 16);
+    let batch = s.read_batch(10, 1 << 20, now_ms()).await.unwrap();
+    let leased = batch[0].record.body.file().expect("a file").path();
+    assert_eq!(std::fs::read(&leased).unwrap(), b"a body in a file");
+    drop(batch);
+    assert!(leased.exists(), "the spool's file outlives the record handed out");
+    s.close().await;
+    // A crash's upload in progress is gone at the next start; the row's file is not.
+    let (left, _) = TempBody::create(&bodies_dir, 2).unwrap();
+    let left_path = left.path().to_owned();
+    std::mem::forget(left);
+    let s = open(dir.path(), DeliveryOrder::OldestFirst);
+    assert!(!left_path.exists());
+    let batch = s.read_batch(10, 1 << 20, now_ms()).await.unwrap();
+    let Body::File(f) = &batch[0].record.body else { panic!("read back as a file") };
+    assert_eq!((f.path(), f.len()), (leased.clone(), 16));
+    s.ack(vec![batch[0].id]).await.unwrap();
+    assert!(!leased.exists(), "removed with its row");
     s.close().await;
 }

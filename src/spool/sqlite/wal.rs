@@ -303,7 +303,7 @@ mod tests {
         let body = Bytes::from(vec![b'x'; 4000]);
         // 12,000 records of 4 KB: three times the largest WAL the writer lets grow, in pages.
         for _ in 0..300 {
-            let recs = (0..40).map(|_| Record { body: body.clone(), ..rec(b"") }).collect();
+            let recs = (0..40).map(|_| Record { body: body.clone().into(), ..rec(b"") }).collect();
             s.append(recs).await.unwrap();
         }
         let wal = || std::fs::metadata(dir.path().join("spool.db-wal")).unwrap().len();
