@@ -14,10 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::cache::RecordCache;
 use super::db::Db;
 use super::rows::{
-    body_file_name, body_path, decode_row, encode_meta, map_row, target_text, write_body_file, Row, ROW_COLUMNS,
+    body_file_name, body_path, decode_row, encode_meta, map_row, sync_body_file, target_text, write_body_file, Row,
+    ROW_COLUMNS,
 };
 use super::SqliteOptions;
-use crate::config::{DeliveryOrder, FullPolicy};
+use crate::config::{DeliveryOrder, Durability, FullPolicy};
 use crate::spool::report::{DropReason, Dropped};
 use crate::spool::{Body, Queued, Record, Reschedule, SpoolError};
 
@@ -127,12 +128,18 @@ pub(super) fn insert_all<R: std::borrow::Borrow<Record>>(
             Body::File(f) => {
                 let (name, path) = body_file_name(&opts.dir, now, seq);
                 f.adopt(&path).map_err(io)?;
-                p.written.push(path);
+                p.written.push(path.clone());
+                if opts.durability == Durability::Power {
+                    sync_body_file(&path).map_err(io)?;
+                }
                 (None, Some(name))
             }
             Body::Mem(b) if b.len() > opts.inline_limit => {
                 let (name, path) = write_body_file(&opts.dir, now, seq, b).map_err(io)?;
-                p.written.push(path);
+                p.written.push(path.clone());
+                if opts.durability == Durability::Power {
+                    sync_body_file(&path).map_err(io)?;
+                }
                 (None, Some(name))
             }
             Body::Mem(b) => (Some(&b[..]), None),

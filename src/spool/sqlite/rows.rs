@@ -94,6 +94,17 @@ pub(super) fn write_body_file(dir: &Path, now: u64, seq: &mut u64, body: &[u8]) 
     Ok((name, path))
 }
 
+/// Puts a body file on disk, its data and its name in the directory, before its row commits
+/// (`durability = power`: the row's commit is fsync'd, and a row whose file a power loss took
+/// could never be sent).
+pub(super) fn sync_body_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// The name and path of the next body file.
 pub(super) fn body_file_name(dir: &Path, now: u64, seq: &mut u64) -> (String, PathBuf) {
     *seq += 1;
