@@ -43,6 +43,45 @@ async fn capture_mode_writes_every_envelope_locally() {
     sidecar.shutdown().await;
 }
 
+/// A body over 1 MiB (kept in a file by ingest) is captured into a file of its own, decoded, and
+/// the line names it: the capture sink never holds a large body in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_mode_writes_a_large_body_to_a_file_of_its_own() {
+    use std::io::Write;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(test_config(dir.path())).await;
+    let addr = sidecar.local_addr();
+    let id = format!("{:032x}", fastrand::u128(..));
+    let payload: String = (0..3 << 20).map(|i| (b'a' + (i % 23) as u8) as char).collect();
+    let body =
+        format!("{{\"event_id\":\"{id}\"}}\n{{\"type\":\"attachment\",\"length\":{}}}\n{payload}\n", payload.len());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body.as_bytes()).unwrap();
+    let wire = gz.finish().unwrap();
+    let (k, v) = auth_header();
+    let headers = [(k, v.as_str()), ("Content-Type", "application/x-sentry-envelope"), ("Content-Encoding", "gzip")];
+    assert_eq!(request(addr, "POST", "/api/42/envelope/", &headers, &wire).await.status, 200);
+    let path = dir.path().join("spool/capture.jsonl");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break l.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing captured");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(entry.get("body").is_none() && entry.get("body_base64").is_none(), "the body is not in the line");
+    assert_eq!(entry["bytes"], body.len());
+    assert_eq!(entry["event_id"], id.as_str());
+    let file = entry["body_file"].as_str().expect("the line names the body's file");
+    assert!(file.contains("/captured/"), "{file}");
+    assert_eq!(std::fs::read(file).unwrap(), body.as_bytes(), "decoded, byte for byte");
+    sidecar.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_then_delivered_once() {
     let _serial = serial().await;

@@ -83,9 +83,18 @@ impl Record {
         }
     }
 
+    /// A body kept in a file, as the SDK sent it (after content decoding), as a stream to read
+    /// piece by piece; `None` for a body in memory.
+    pub fn decoded_file(&self) -> std::io::Result<Option<Box<dyn std::io::Read + Send>>> {
+        let Body::File(f) = &self.body else { return Ok(None) };
+        let codings: Vec<String> = self.encoding.content_encoding().map(str::to_owned).into_iter().collect();
+        let (_, reader) = codec::decode_stream(&codings, Box::new(f.open()?)).map_err(std::io::Error::other)?;
+        Ok(Some(reader))
+    }
+
     /// The body as the SDK sent it (after content decoding): `body` itself unless it was stored
-    /// compressed.
-    /// A file body is read whole here: only the capture log (a local development sink) asks.
+    /// compressed. A file body is read whole (up to 1 GiB): callers with large bodies use
+    /// [`Record::decoded_file`].
     pub fn decoded_body(&self) -> std::io::Result<Bytes> {
         match &self.body {
             Body::Mem(b) => self.encoding.decode(b, MAX_DECODED).map_err(std::io::Error::other),
