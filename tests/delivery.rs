@@ -10,6 +10,20 @@ use std::time::Duration;
 
 use common::*;
 
+/// The lines of the capture log of a sidecar whose spool is `dir/spool`, once there are `n` (or
+/// what there is after 10 s).
+async fn captured(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let path = dir.join("spool/capture.jsonl");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= n || tokio::time::Instant::now() > deadline {
+            return text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_mode_writes_every_envelope_locally() {
     let _serial = serial().await;
@@ -20,16 +34,7 @@ async fn capture_mode_writes_every_envelope_locally() {
     assert_eq!(raw(addr, &f.wire(addr)).await.status, 200);
     let f = load_fixture("09_raven_store_deflate");
     assert_eq!(raw(addr, &f.wire(addr)).await.status, 200);
-    let path = dir.path().join("spool/capture.jsonl");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 2 || tokio::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries = captured(dir.path(), 2).await;
     assert_eq!(entries.len(), 2);
     let env = entries.iter().find(|e| e["endpoint"] == "envelope").unwrap();
     assert_eq!(env["project"], 42);
@@ -62,17 +67,8 @@ async fn capture_mode_writes_a_large_body_to_a_file_of_its_own() {
     let (k, v) = auth_header();
     let headers = [(k, v.as_str()), ("Content-Type", "application/x-sentry-envelope"), ("Content-Encoding", "gzip")];
     assert_eq!(request(addr, "POST", "/api/42/envelope/", &headers, &wire).await.status, 200);
-    let path = dir.path().join("spool/capture.jsonl");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if let Some(l) = text.lines().next() {
-            break l.to_owned();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing captured");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let entries = captured(dir.path(), 1).await;
+    let entry = entries.first().expect("captured");
     assert!(entry.get("body").is_none() && entry.get("body_base64").is_none(), "the body is not in the line");
     assert_eq!(entry["bytes"], body.len());
     assert_eq!(entry["event_id"], id.as_str());
