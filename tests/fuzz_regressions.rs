@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sentry_sidecar::codec::{self, DecodeError, Encoding};
+use sentry_sidecar::protocol::envelope_stream::MAX_LINE;
 use sentry_sidecar::protocol::rate_limits::{parse_rate_limits, parse_retry_after};
 use sentry_sidecar::protocol::rewrite::{shift_auth_timestamp, shift_sent_at};
 use sentry_sidecar::protocol::store::{self, StoreError};
-use sentry_sidecar::protocol::{Auth, AuthError, Dsn, Envelope, EnvelopeError};
+use sentry_sidecar::protocol::{Auth, AuthError, Dsn, Envelope, EnvelopeError, EnvelopeFacts, EnvelopeStream};
 
 const LIMIT: usize = 1 << 20;
 
@@ -92,6 +93,51 @@ fn envelope_lines_that_are_almost_json() {
     let env = Envelope::parse(Bytes::from(body)).unwrap();
     assert_eq!(env.items.len(), 10_000);
     assert!(env.items.iter().all(|i| i.payload.end < env.bytes.len() && env.bytes[i.payload.end] == b'\n'));
+}
+
+// envelope_stream target
+
+/// Feeds `body` to an `EnvelopeStream` in `piece`-byte pieces, an empty feed before each.
+fn streamed(body: &[u8], piece: usize) -> Result<EnvelopeFacts, EnvelopeError> {
+    let mut s = EnvelopeStream::new();
+    for p in body.chunks(piece) {
+        s.feed(&[]);
+        s.feed(p);
+    }
+    s.finish()
+}
+
+/// The seeds the `envelope_stream` target starts from at its documented edges: a header line of
+/// exactly `MAX_LINE` bytes agrees with the whole-body parser, one byte more is refused by the
+/// stream only; past 1,000 items both keep the first 1,000 type names.
+#[test]
+fn envelope_stream_at_its_documented_limits() {
+    let item = |pad: usize| {
+        let mut b = b"{}\n{".to_vec();
+        b.extend(std::iter::repeat_n(b' ', pad));
+        b.extend_from_slice(b"\"type\":\"event\",\"length\":2}\n{}\n");
+        b
+    };
+    let at_max = item(MAX_LINE - 27);
+    let whole = Envelope::parse(Bytes::from(at_max.clone())).map(|e| EnvelopeFacts::of(&e));
+    assert!(whole.is_ok());
+    for piece in [1, 1024, 64 * 1024, at_max.len()] {
+        assert_eq!(streamed(&at_max, piece), whole, "{piece}");
+    }
+    let past = item(MAX_LINE - 26);
+    assert!(Envelope::parse(Bytes::from(past.clone())).is_ok());
+    let reason = format!("header line longer than {MAX_LINE} bytes");
+    assert_eq!(streamed(&past, 1024), Err(EnvelopeError::InvalidItemHeader { offset: 3, reason }));
+
+    let mut many = b"{}\n".to_vec();
+    for _ in 0..1001 {
+        many.extend_from_slice(b"{\"type\":\"attachment\"}\nx\n");
+    }
+    let env = Envelope::parse(Bytes::from(many.clone())).unwrap();
+    assert_eq!(env.items.len(), 1001);
+    let facts = streamed(&many, 64).unwrap();
+    assert_eq!(facts.item_types.len(), 1000);
+    assert_eq!(facts, EnvelopeFacts::of(&env));
 }
 
 // store target

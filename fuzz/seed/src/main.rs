@@ -60,6 +60,11 @@ fn fixture(corpus: &Path, dir: &Path, name: &str) -> Result<()> {
         write(corpus, "store", name, &decoded)?;
     } else {
         write(corpus, "envelope", name, &decoded)?;
+        // envelope_stream: a control byte and piece sizes first (see its target): the body in one
+        // piece, byte by byte, and in pieces of 1, 7 and 1024 bytes with empty feeds between.
+        for (suffix, control) in [("", &[0x00][..]), (".bytes", &[0x01, 1]), (".pieces", &[0x43, 1, 7, 0xc0])] {
+            write(corpus, "envelope_stream", &format!("{name}{suffix}"), &[control, &decoded].concat())?;
+        }
         let mut shifted = 90u16.to_be_bytes().to_vec();
         shifted.extend_from_slice(&decoded);
         write(corpus, "rewrite", name, &shifted)?;
@@ -88,6 +93,24 @@ const HANDMADE: &[(&str, &str, &[u8])] = &[
     ("auth", "authorization", b"Sentry sentry_key=k,sentry_version=7.0,sentry_client=x/1"),
     ("envelope", "length_zero", b"{}\n{\"type\":\"attachment\",\"length\":0}\n\n{\"type\":\"attachment\"}\n\n"),
     ("envelope", "huge_length", b"{}\n{\"type\":\"event\",\"length\":18446744073709551615}\n"),
+    // envelope_stream: control byte, its parameters, the body (see fuzz_targets/envelope_stream.rs).
+    (
+        "envelope_stream",
+        "length_zero",
+        b"\x02\x03\x00{}\n{\"type\":\"attachment\",\"length\":0}\n\n{\"type\":\"attachment\"}\n\n",
+    ),
+    ("envelope_stream", "huge_length", b"\x01\x05{}\n{\"type\":\"event\",\"length\":18446744073709551615}\n"),
+    (
+        "envelope_stream",
+        "event_and_transaction",
+        b"\x01\x04{}\n{\"type\":\"event\"}\n{}\n{\"type\":\"transaction\"}\n{}",
+    ),
+    // 1,001 items (repeat 0x03e9 times), past the 1,000 item type names kept.
+    ("envelope_stream", "many_items", b"\x21\x40\x03\xe9{}\n{\"type\":\"attachment\"}\nx\n"),
+    // An item header of exactly MAX_LINE bytes (spaces at byte 4: 27 + 65,536 - 64 + 37) and one
+    // byte over it, in 64 KiB and 1 KiB pieces.
+    ("envelope_stream", "line_at_max", b"\x11\xff\x00\x04\x25{}\n{\"type\":\"event\",\"length\":2}\n{}\n"),
+    ("envelope_stream", "line_past_max", b"\x11\xc0\x00\x04\x26{}\n{\"type\":\"event\",\"length\":2}\n{}\n"),
     ("store", "json", b"{\"event_id\":\"0123456789abcdef0123456789abcdef\",\"type\":\"transaction\"}"),
     ("decode", "two_codings", b"zstd, gzip\n"),
     ("rewrite", "offset", b"\x00\x05{\"sent_at\":\"2026-11-26T05:00:00+01:00\"}"),
