@@ -45,7 +45,8 @@ pub(super) fn prepare(
     let mut decoded = BufReader::with_capacity(64 * 1024, decoded);
     let mut head = Vec::new();
     if shift {
-        (&mut decoded).take(MAX_LINE as u64).read_until(b'\n', &mut head)?;
+        // The longest header line ingest accepts, and its newline.
+        (&mut decoded).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut head)?;
         match rewrite::shift_sent_at(&Bytes::copy_from_slice(&head), elapsed) {
             Some(line) => head = line.to_vec(),
             // No `sent_at` to move: as stored, if it was stored for this setting.
