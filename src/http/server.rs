@@ -78,6 +78,8 @@ impl ServeOptions {
 const OVERFLOW_SLOTS: usize = 32;
 /// How long an over-cap connection has to send its request line.
 const OVERFLOW_PEEK: Duration = Duration::from_secs(1);
+/// How long a request head must have stalled before a newcomer at the cap may take its slot.
+const HEAD_STALL_MS: u64 = 1_000;
 /// `Retry-After` of the 503 at the cap, in seconds.
 const OVERLOAD_RETRY_AFTER: u32 = 1;
 
@@ -88,7 +90,8 @@ struct ConnState {
     busy: AtomicBool,
     /// At least one request was answered: only such a connection is idle keep-alive and may be
     /// closed to make room. A new one whose first request is not read yet is not idle: evicting
-    /// it would let every newcomer at the cap close the one before it, and none be answered.
+    /// it would let every newcomer at the cap close the one before it, and none be answered. Only
+    /// once its head has stalled for [`HEAD_STALL_MS`] may a newcomer take its slot.
     served: AtomicBool,
     /// When the connection last became idle, in ms since the loop started.
     idle_since_ms: AtomicU64,
@@ -98,6 +101,8 @@ struct ConnState {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// Tells the connection to close once it is idle.
     close: Notify,
+    /// Set with `close` when it was evicted with its request head stalled: close at once.
+    hard: AtomicBool,
 }
 
 /// Marks a connection busy while a request is handled, and idle again when the handler is done
@@ -140,15 +145,29 @@ impl Registry {
         self.conns.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// Takes the slot of the connection idle the longest and tells it to close.
-    fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
+    /// Takes the slot of the connection idle the longest and tells it to close; if none is idle,
+    /// the slot of the one whose request head has stalled longest, at least [`HEAD_STALL_MS`] at
+    /// `now_ms`, which is closed at once (it would be at the header limit anyway; a client that
+    /// is sending sends its head within milliseconds, so no newcomer can take a live one's slot).
+    fn evict(&self, now_ms: u64) -> Option<OwnedSemaphorePermit> {
         let conns = self.conns.lock().ok()?;
         let mut idle: Vec<&Arc<ConnState>> =
             conns.iter().filter(|s| s.served.load(Ordering::Acquire) && !s.busy.load(Ordering::Acquire)).collect();
         idle.sort_by_key(|s| s.idle_since_ms.load(Ordering::Relaxed));
-        for s in idle {
+        let mut stalled: Vec<(u64, &Arc<ConnState>)> = conns
+            .iter()
+            .filter_map(|s| {
+                let head = s.head_since_ms.load(Ordering::Relaxed);
+                let late = head != 0 && now_ms.saturating_sub(head - 1) >= HEAD_STALL_MS;
+                (late && !s.busy.load(Ordering::Acquire)).then_some((head, s))
+            })
+            .collect();
+        stalled.sort_by_key(|(head, _)| *head);
+        let candidates = idle.into_iter().map(|s| (s, false)).chain(stalled.into_iter().map(|(_, s)| (s, true)));
+        for (s, hard) in candidates {
             let taken = s.permit.lock().ok().and_then(|mut p| p.take());
             if let Some(p) = taken {
+                s.hard.store(hard, Ordering::Release);
                 s.close.notify_one();
                 return Some(p);
             }
@@ -186,7 +205,8 @@ pub async fn serve<H: Handler>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let permit = slots.clone().try_acquire_owned().ok().or_else(|| registry.evict_oldest_idle());
+        let permit =
+            slots.clone().try_acquire_owned().ok().or_else(|| registry.evict(epoch.elapsed().as_millis() as u64));
         let Some(permit) = permit else {
             overloaded(stream, peer, handler.clone(), &overflow, &opts, closing.subscribe());
             continue;
@@ -201,6 +221,7 @@ pub async fn serve<H: Handler>(
             head_since_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64 + 1),
             permit: Mutex::new(Some(permit)),
             close: Notify::new(),
+            hard: AtomicBool::new(false),
         });
         registry.add(state.clone());
         let (h, o, reg, closing) = (handler.clone(), opts.clone(), registry.clone(), closing.subscribe());
@@ -272,6 +293,12 @@ async fn connection<H: Handler>(
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = state.close.notified() => {
+                if state.hard.load(Ordering::Acquire) {
+                    if let Some(count) = opts.on_header_timeout {
+                        count();
+                    }
+                    return;
+                }
                 if graceful {
                     return;
                 }
@@ -338,6 +365,7 @@ fn overloaded<H: Handler>(
                 head_since_ms: AtomicU64::new(1),
                 permit: Mutex::new(None),
                 close: Notify::new(),
+                hard: AtomicBool::new(false),
             };
             connection(stream, peer, handler, &opts, &state, Instant::now(), closing, false).await;
         } else {
@@ -459,6 +487,7 @@ mod tests {
                 head_since_ms: AtomicU64::new(0),
                 permit: Mutex::new(sem.clone().try_acquire_owned().ok()),
                 close: Notify::new(),
+                hard: AtomicBool::new(false),
             })
         };
         let (a, b, c) = (mk(1, false, 50), mk(2, true, 0), mk(3, false, 10));
@@ -469,12 +498,20 @@ mod tests {
         for s in [&a, &b, &c, &fresh] {
             reg.add(s.clone());
         }
-        assert!(reg.evict_oldest_idle().is_some());
+        // A new connection whose head began at 9,000 ms (stored plus one).
+        fresh.head_since_ms.store(9_001, Ordering::Relaxed);
+        let now = 9_500;
+        assert!(reg.evict(now).is_some());
         assert!(c.permit.lock().unwrap().is_none(), "the longest idle one is evicted");
+        assert!(!c.hard.load(Ordering::Acquire), "gracefully");
         assert!(b.permit.lock().unwrap().is_some(), "a busy one never is");
-        assert!(reg.evict_oldest_idle().is_some());
+        assert!(reg.evict(now).is_some());
         assert!(a.permit.lock().unwrap().is_none());
-        assert!(reg.evict_oldest_idle().is_none(), "only a busy one and a new one are left");
+        assert!(reg.evict(now).is_none(), "only a busy one and a new one, its head 0.5 s old, are left");
         assert!(fresh.permit.lock().unwrap().is_some(), "a new connection keeps its slot");
+        // Its head stalled for a second: a newcomer takes its slot, and it is closed at once.
+        assert!(reg.evict(10_000).is_some());
+        assert!(fresh.permit.lock().unwrap().is_none() && fresh.hard.load(Ordering::Acquire));
+        assert!(b.permit.lock().unwrap().is_some(), "a busy one never is");
     }
 }
